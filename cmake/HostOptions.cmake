@@ -5,11 +5,11 @@
 add_library(vmm_host_options INTERFACE)
 target_compile_options(vmm_host_options INTERFACE
   -Wall -Wextra -Werror
-  -Wshadow=local -Wnon-virtual-dtor -Wcast-qual -Wformat=2
+  -Wnon-virtual-dtor -Wcast-qual -Wformat=2
   -fno-exceptions)
 if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
   # Abseil's headers trip GCC 12's -Wmaybe-uninitialized false positives at -O2.
-  target_compile_options(vmm_host_options INTERFACE -Wno-maybe-uninitialized)
+  target_compile_options(vmm_host_options INTERFACE -Wno-maybe-uninitialized -Wshadow=local)
 endif()
 if(VMM_SANITIZE)
   target_compile_options(vmm_host_options INTERFACE
