@@ -89,6 +89,11 @@ constexpr uint64_t EptReservedBits(int level, bool is_leaf_large, const EptCaps&
   return rsvd;
 }
 
+// The level/PS-dependent part of EptReservedBits, for the walker's hot loop.
+inline constexpr uint64_t kEptLevelReservedBits[2][kMaxLevels + 1] = {
+    {0, 0, 0x78, 0x78, 0xf8, 0xf8},
+    {0, 0, 0x1f'f000ull, 0x3fff'f000ull, 0xf8, 0xf8}};
+
 // True when a present entry is misconfigured on its permission bits or memory
 // type (the reserved-bit part is EptReservedBits).
 constexpr bool EptPermsMisconfigured(uint64_t e, bool is_leaf, const EptCaps& caps) {
@@ -127,6 +132,9 @@ static_assert(EptpAdEnabled(0x505e) && !EptpAdEnabled(0x501e));
 static_assert(EptReservedBits(4, false, EptCaps{}) == 0xf8);
 static_assert(EptReservedBits(2, true, EptCaps{}) == 0x1f'f000);
 static_assert(EptReservedBits(3, true, EptCaps{}) == 0x3fff'f000);
+static_assert(EptReservedBits(2, false, EptCaps{}) == kEptLevelReservedBits[0][2]);
+static_assert(EptReservedBits(3, true, EptCaps{}) == kEptLevelReservedBits[1][3]);
+static_assert(EptReservedBits(5, false, EptCaps{}) == kEptLevelReservedBits[0][5]);
 static_assert(ept_qual::kGlaValid == 0x80 && ept_qual::kGlaTranslated == 0x100);
 
 }  // namespace mmu

@@ -40,9 +40,22 @@ struct EptWalk {
   bool readable = true, writable = true, executable = true, user_executable = true;
   int8_t fault_level = 0;
   int8_t top_level = 0, leaf_level = 0;
-  uint64_t* entry_ptr[kMaxLevels + 1] = {};
-  uint64_t entry[kMaxLevels + 1] = {};
-  uint16_t refs[kMaxLevels + 1] = {};
+  // Valid for levels leaf_level .. top_level only.
+  uint64_t* entry_ptr[kMaxLevels + 1];
+  uint64_t entry[kMaxLevels + 1];
+
+  // Entries read: one per level from top_level down to leaf_level.
+  int references() const { return top_level == 0 ? 0 : top_level - leaf_level + 1; }
+
+  // Resets everything but the per-level arrays, which each walk overwrites
+  // for the levels it reads.
+  void Reset() noexcept {
+    status = WalkStatus::kOk;
+    hpa = 0;
+    page_size = PageSize::k4K;
+    readable = writable = executable = user_executable = true;
+    fault_level = top_level = leaf_level = 0;
+  }
 
   // Exit-qualification bits 3..6 for this walk.
   uint64_t PermissionBits() const {
@@ -58,41 +71,51 @@ struct EptWalk {
 template <PhysMemoryView HostMem>
 void EptTranslate(const EptContext& ctx, uint64_t gpa, Access access, bool user_linear,
                   HostMem& host, EptWalk* out) noexcept {
+  out->Reset();
   const EptCaps& caps = ctx.caps;
   const uint64_t addr_mask = PhysAddrMask(caps.maxphyaddr);
+  const uint64_t phys_rsvd = pte::kAddrMask52 & ~addr_mask;
+  // Bit n set: permission bits 2:0 == n make an entry misconfigured
+  // (write-only, write+execute without read, and execute-only when the
+  // processor does not support it). Bit n of kBadMemTypes: type n is reserved.
+  const uint32_t bad_perms = (1u << 2) | (1u << 6) | (caps.execute_only ? 0u : (1u << 4));
+  constexpr uint32_t kBadMemTypes = (1u << 2) | (1u << 3) | (1u << 7);
+  const uint64_t present_mask = epte::kPermMask | (caps.mode_based_execute ? epte::kUserExecute : 0);
+  uint64_t rights = ~uint64_t{0};  // AND of every entry's permission bits
   uint64_t table = ctx.root();
   const int levels = ctx.levels();
   out->top_level = static_cast<int8_t>(levels);
   for (int level = levels;; --level) {
     uint64_t* page = host.PageAt(table);
     out->fault_level = static_cast<int8_t>(level);
-    if (page == nullptr) {
+    if (page == nullptr) [[unlikely]] {
       // An EPT table outside host memory is a VMM bug; report it as a
       // misconfiguration so the VMM sees it rather than the guest.
+      out->leaf_level = static_cast<int8_t>(level + 1);  // this level was not read
       out->status = WalkStatus::kEptMisconfig;
       return;
     }
     uint64_t* p = page + LevelIndex(gpa, level);
     const uint64_t e = LoadEntry(p);
-    ++out->refs[level];
     out->entry_ptr[level] = p;
     out->entry[level] = e;
     out->leaf_level = static_cast<int8_t>(level);
-    if (!EptPresent(e, caps)) {
+    if (!(e & present_mask)) [[unlikely]] {
       out->readable = out->writable = out->executable = out->user_executable = false;
       out->status = WalkStatus::kEptViolation;
       return;
     }
     const bool large = (level == 2 || level == 3) && (e & epte::kPageSize);
     const bool leaf = level == 1 || large;
-    if ((e & EptReservedBits(level, large, caps)) || EptPermsMisconfigured(e, leaf, caps)) {
+    const uint64_t rsvd = phys_rsvd | kEptLevelReservedBits[large][level] |
+                          ((level == 3 && !caps.gbpages) ? epte::kPageSize : 0);
+    const bool bad_type =
+        leaf && ((kBadMemTypes >> ((e & epte::kMemTypeMask) >> epte::kMemTypeShift)) & 1);
+    if ((e & rsvd) || ((bad_perms >> (e & epte::kPermMask)) & 1) || bad_type) [[unlikely]] {
       out->status = WalkStatus::kEptMisconfig;
       return;
     }
-    out->readable &= (e & epte::kRead) != 0;
-    out->writable &= (e & epte::kWrite) != 0;
-    out->executable &= (e & epte::kExecute) != 0;
-    out->user_executable &= (e & epte::kUserExecute) != 0;
+    rights &= e;
     if (leaf) {
       const uint64_t offset_mask = LevelPageSize(level) - 1;
       out->hpa = (e & addr_mask & ~offset_mask) | (gpa & offset_mask);
@@ -101,6 +124,10 @@ void EptTranslate(const EptContext& ctx, uint64_t gpa, Access access, bool user_
     }
     table = e & addr_mask;
   }
+  out->readable = rights & epte::kRead;
+  out->writable = rights & epte::kWrite;
+  out->executable = rights & epte::kExecute;
+  out->user_executable = caps.mode_based_execute && (rights & epte::kUserExecute);  // else undefined
   // SDM §29.3.3.2: the access must be allowed by every entry used.
   bool allowed = false;
   switch (access) {
@@ -110,7 +137,6 @@ void EptTranslate(const EptContext& ctx, uint64_t gpa, Access access, bool user_
       allowed = (caps.mode_based_execute && user_linear) ? out->user_executable : out->executable;
       break;
   }
-  if (!caps.mode_based_execute) out->user_executable = false;  // undefined without MBEC
   out->status = allowed ? WalkStatus::kOk : WalkStatus::kEptViolation;
   if (allowed) out->fault_level = 0;
 }

@@ -30,7 +30,7 @@ TEST_F(EptWalkerTest, TranslatesAndCountsFourReferences) {
   EptWalk w = Translate(0x1abc, Access::kWrite);
   ASSERT_EQ(w.status, WalkStatus::kOk);
   EXPECT_EQ(w.hpa, 0x30'0abcu);
-  EXPECT_EQ(w.refs[4] + w.refs[3] + w.refs[2] + w.refs[1], 4);
+  EXPECT_EQ(w.references(), 4);
 }
 
 TEST_F(EptWalkerTest, LargeEptPages) {
@@ -40,7 +40,7 @@ TEST_F(EptWalkerTest, LargeEptPages) {
   ASSERT_EQ(g.status, WalkStatus::kOk);
   EXPECT_EQ(g.hpa, 0x12'3456u);
   EXPECT_EQ(g.page_size, PageSize::k1G);
-  EXPECT_EQ(g.refs[4] + g.refs[3], 2);
+  EXPECT_EQ(g.references(), 2);
   EptWalk m = Translate(0x20'0008, Access::kRead);
   EXPECT_EQ(m.hpa, 0x20'0008u);
   EXPECT_EQ(m.page_size, PageSize::k2M);

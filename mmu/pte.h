@@ -75,6 +75,17 @@ constexpr uint64_t ReservedBits(int level, bool is_leaf_large, int maxphyaddr, b
   return rsvd;
 }
 
+// ReservedBits() split for the walker's hot loop: the part that depends only
+// on the mode (computed once per walk) and the part that depends only on the
+// level and PS (a table lookup). ReservedBits(l, large, m, nxe, gb) ==
+//   ModeReservedBits(m, nxe) | kLevelReservedBits[large][l] | (l == 3 && !gb ? PS : 0).
+constexpr uint64_t ModeReservedBits(int maxphyaddr, bool nxe) {
+  return (pte::kAddrMask52 & ~PhysAddrMask(maxphyaddr)) | (nxe ? 0 : pte::kNoExecute);
+}
+inline constexpr uint64_t kLevelReservedBits[2][kMaxLevels + 1] = {
+    {0, 0, 0, 0, pte::kPageSize, pte::kPageSize},
+    {0, 0, 0x1f'e000ull, 0x3fff'e000ull, pte::kPageSize, pte::kPageSize}};
+
 // The physical base of what a present entry points to: the next table (non-
 // leaf), the 4 KiB frame (level 1) or the large page (PS=1 at level 2 or 3).
 constexpr uint64_t EntryTarget(uint64_t entry, int level, bool is_leaf_large, int maxphyaddr) {
@@ -108,6 +119,12 @@ static_assert(ReservedBits(2, true, 52, true, true) == 0x1f'e000ull);
 static_assert(ReservedBits(3, true, 52, true, true) == 0x3fff'e000ull);
 static_assert(ReservedBits(4, false, 52, true, true) == pte::kPageSize);
 static_assert(ReservedBits(1, false, 52, false, true) == pte::kNoExecute);
+static_assert(ReservedBits(2, true, 40, false, false) ==
+              (ModeReservedBits(40, false) | kLevelReservedBits[1][2]));
+static_assert(ReservedBits(3, true, 40, true, false) ==
+              (ModeReservedBits(40, true) | kLevelReservedBits[1][3] | pte::kPageSize));
+static_assert(ReservedBits(4, false, 52, true, true) ==
+              (ModeReservedBits(52, true) | kLevelReservedBits[0][4]));
 static_assert(IsCanonical(0x0000'7fff'ffff'ffffull, 4) && !IsCanonical(0x0000'8000'0000'0000ull, 4));
 static_assert(IsCanonical(0xffff'8000'0000'0000ull, 4) && IsCanonical(0x0000'8000'0000'0000ull, 5));
 static_assert(!IsCanonical(0x0100'0000'0000'0000ull, 5) && IsCanonical(0xff00'0000'0000'0000ull, 5));

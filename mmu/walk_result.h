@@ -72,13 +72,30 @@ struct WalkResult {
   uint64_t fault_gpa = 0;
   int8_t ept_fault_level = 0;
 
-  // --- Every guest entry used, by level (valid for levels walked) ---
+  // --- Every guest entry used, by level: valid for levels leaf_level ..
+  // top_level only (the walker does not clear the others, to stay cheap) ---
   int8_t top_level = 0;   // first level read (the paging depth)
   int8_t leaf_level = 0;  // level of the last entry read
-  std::array<uint64_t, kMaxLevels + 1> entry_gpa{};  // where each guest entry lives
-  std::array<uint64_t, kMaxLevels + 1> entry{};      // its value (after A/D updates)
+  std::array<uint64_t, kMaxLevels + 1> entry_gpa;  // where each guest entry lives
+  std::array<uint64_t, kMaxLevels + 1> entry;      // its value (after A/D updates)
 
   WalkRefs refs;
+
+  // Resets everything but the per-level arrays, which each walk overwrites
+  // for the levels it reads.
+  void Reset() noexcept {
+    status = WalkStatus::kOk;
+    gpa = hpa = 0;
+    page_size = PageSize::k4K;
+    writable = user = nx = dirty = global = false;
+    prot_key = 0;
+    error_code = 0;
+    fault_level = 0;
+    ept_qualification = fault_gpa = 0;
+    ept_fault_level = 0;
+    top_level = leaf_level = 0;
+    refs = WalkRefs{};
+  }
 };
 
 }  // namespace mmu

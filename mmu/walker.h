@@ -47,7 +47,8 @@ inline constexpr int kMaxWalkAttempts = 8;
 // The access-rights decision of SDM §4.6 for a translation whose combined
 // rights are (writable, user, nx) and whose leaf is `leaf`. Returns 0 if the
 // access is allowed, else the #PF error code (with P=1).
-constexpr uint32_t CheckAccessRights(const PagingMode& mode, const AccessRequest& req,
+[[gnu::always_inline]] constexpr uint32_t CheckAccessRights(const PagingMode& mode,
+                                                            const AccessRequest& req,
                                      bool writable, bool user, bool nx, uint64_t leaf) {
   const uint32_t code = BaseErrorCode(mode, req) | pfec::kPresent;
   const bool write = req.access == Access::kWrite;
@@ -125,7 +126,6 @@ class EptStage {
     // §29.3.5: with EPT A/D on, guest paging-structure accesses are writes.
     const Access access = ctx_.ad_enabled() ? Access::kWrite : Access::kRead;
     EptWalk& walk = tables_[level];
-    walk = EptWalk{};
     EptTranslate(ctx_, entry_gpa, access, false, host_, &walk);
     AddRefs(walk, level, out);
     if (walk.status != WalkStatus::kOk) {
@@ -154,7 +154,6 @@ class EptStage {
   }
 
   bool Final(const AccessRequest& req, WalkResult* out) noexcept {
-    final_ = EptWalk{};
     EptTranslate(ctx_, out->gpa, req.access, out->user, host_, &final_);
     AddRefs(final_, 0, out);
     if (final_.status != WalkStatus::kOk) {
@@ -177,10 +176,8 @@ class EptStage {
 
  private:
   static void AddRefs(const EptWalk& walk, int guest_level, WalkResult* out) {
-    for (int l = 1; l <= kMaxLevels; ++l) {
-      out->refs.ept[l] = static_cast<uint16_t>(out->refs.ept[l] + walk.refs[l]);
-      out->refs.nested[guest_level] = static_cast<uint16_t>(out->refs.nested[guest_level] + walk.refs[l]);
-    }
+    for (int l = walk.leaf_level; l <= walk.top_level; ++l) ++out->refs.ept[l];
+    out->refs.nested[guest_level] = static_cast<uint16_t>(walk.references());
   }
 
   // Fills the exit information for a failed EPT walk (SDM §28.2.1, Table 28-7).
@@ -213,7 +210,7 @@ class EptStage {
 template <typename Stage2>
 WalkStatus GuestWalkOnce(const PagingMode& mode, uint64_t cr3, const AccessRequest& req,
                          Stage2& stage2, WalkResult* out) noexcept {
-  *out = WalkResult{};
+  out->Reset();
   const uint64_t va = req.va;
   if (!IsCanonical(va, mode.levels)) [[unlikely]] {
     return out->status = WalkStatus::kNonCanonical;
@@ -221,6 +218,7 @@ WalkStatus GuestWalkOnce(const PagingMode& mode, uint64_t cr3, const AccessReque
   stage2.Begin();
   const uint64_t addr_mask = PhysAddrMask(mode.maxphyaddr);
   const uint32_t base_code = BaseErrorCode(mode, req);
+  const uint64_t mode_rsvd = ModeReservedBits(mode.maxphyaddr, mode.nxe);
   uint64_t* entry_ptr[kMaxLevels + 1];
   bool writable = true, user = true, nx = false;
   uint64_t table_gpa = cr3 & addr_mask;
@@ -233,7 +231,7 @@ WalkStatus GuestWalkOnce(const PagingMode& mode, uint64_t cr3, const AccessReque
     entry_ptr[level] = stage2.Entry(entry_gpa, level, out);
     if (entry_ptr[level] == nullptr) [[unlikely]] return out->status;
     e = LoadEntry(entry_ptr[level]);
-    ++out->refs.guest[level];
+    out->refs.guest[level] = 1;  // each level is read once per walk
     out->entry_gpa[level] = entry_gpa;
     out->entry[level] = e;
     out->leaf_level = static_cast<int8_t>(level);
@@ -243,7 +241,9 @@ WalkStatus GuestWalkOnce(const PagingMode& mode, uint64_t cr3, const AccessReque
       return out->status = WalkStatus::kPageFault;
     }
     large = (level == 2 || level == 3) && (e & pte::kPageSize);
-    if (e & ReservedBits(level, large, mode.maxphyaddr, mode.nxe, mode.gbpages)) {
+    const uint64_t rsvd = mode_rsvd | kLevelReservedBits[large][level] |
+                          ((level == 3 && !mode.gbpages) ? pte::kPageSize : 0);
+    if (e & rsvd) {
       out->error_code = base_code | pfec::kPresent | pfec::kRsvd;
       out->fault_level = static_cast<int8_t>(level);
       return out->status = WalkStatus::kPageFault;
