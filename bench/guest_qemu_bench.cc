@@ -13,25 +13,12 @@
 
 #include "guest/abi.h"
 #include "guest/qemu_runner.h"
+#include "guest/standard_workloads.h"
 
 namespace {
 
-struct Case {
-  const char* workload;
-  const char* cmdline;  // the standard size; documented in docs/guest.md
-  uint32_t memory_mib;
-};
-
-// Keep in sync with the "Standard sizes" table in docs/guest.md.
-constexpr Case kCases[] = {
-    {"compute", "workload=compute compute.iters=20000000", 128},
-    {"memtouch", "workload=memtouch memtouch.mib=32 memtouch.passes=2", 128},
-    {"ptchurn", "workload=ptchurn ptchurn.iters=400 ptchurn.pages=64 ptchurn.procs=3", 128},
-    {"tlbstress", "workload=tlbstress tlbstress.mib=64 tlbstress.passes=64", 256},
-    {"dedupfill", "workload=dedupfill dedupfill.mib=32 dedupfill.rounds=2", 128},
-    {"idle", "workload=idle idle.mib=16 idle.sleep_ms=1000", 128},
-    {"mix", "workload=mix mib=8 iters=100 compute.iters=5000000 sleep_ms=500", 256},
-};
+using guest::kStandardWorkloads;
+using Case = guest::StandardWorkload;
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -62,7 +49,7 @@ int main(int argc, char** argv) {
   printf("%-10s %12s %14s %14s %16s  %s\n", "workload", "qemu_wall_ms", "guest_work_ms",
          "ops", "ops_per_guest_s", "cmdline");
   int failures = 0;
-  for (const Case& c : kCases) {
+  for (const Case& c : kStandardWorkloads) {
     if (!filter.empty() && std::string(c.workload).find(filter) == std::string::npos) continue;
     std::vector<double> wall_ms, guest_ms;
     uint64_t ops = 0;

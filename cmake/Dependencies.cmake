@@ -12,3 +12,4 @@ pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
 # Optional outside peer for guest tests: QEMU under TCG.
 find_program(QEMU_SYSTEM_X86_64 qemu-system-x86_64)
 find_program(OBJDUMP_TOOL objdump)
+find_package(nlohmann_json 3 REQUIRED)

@@ -1,0 +1,103 @@
+#include "vmm-host/report.h"
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace vmm {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+template <typename Block>
+Json CountersJson(const Block& block) {
+  Json out = Json::object();
+  block.ForEach([&](std::string_view name, uint64_t value) { out[std::string(name)] = value; });
+  return out;
+}
+
+Json StatsJson(const BackendStats& stats) {
+  Json out = Json::object();
+  for (const base::CounterValue& v : stats) out[v.name] = v.value;
+  return out;
+}
+
+}  // namespace
+
+std::string RenderReport(const HostReport& host, const std::vector<MachineResult>& vms,
+                         const std::vector<std::string>& cmdlines) {
+  Json root;
+  root["schema"] = "memvmm.report/1";
+  Json h;
+  h["backend"] = host.backend;
+  h["paging_mode"] = host.paging_mode;
+  h["frame_bytes"] = 4096;
+  h["budget_frames"] = host.budget_frames;
+  h["frames_charged"] = host.frames_charged;
+  h["frames_resident"] = host.frames_resident;
+  h["wall_seconds"] = host.wall_seconds;
+  h["kernel"] = host.kernel_path;
+  root["host"] = h;
+  Json list = Json::array();
+  int ok = 0;
+  Json failed = Json::array();
+  for (size_t i = 0; i < vms.size(); ++i) {
+    const MachineResult& r = vms[i];
+    Json v;
+    v["name"] = r.name;
+    v["ok"] = r.ok();
+    v["outcome"] = MachineOutcomeName(r.outcome);
+    if (r.exit_code) v["exit_code"] = *r.exit_code; else v["exit_code"] = nullptr;
+    if (!r.failure.empty()) v["failure"] = r.failure;
+    if (!r.registers.empty()) v["registers"] = r.registers;
+    v["cmdline"] = i < cmdlines.size() ? cmdlines[i] : "";
+    v["wall_seconds"] = r.wall_seconds;
+    v["seconds_to_first_exit"] = r.seconds_to_first_exit;
+    v["seconds_to_workload_start"] = r.seconds_to_workload_start;
+    Json mem;
+    mem["guest_ram_bytes"] = r.ram_bytes;
+    mem["resident_frames"] = r.resident_frames;
+    v["memory"] = mem;
+    v["exits"] = CountersJson(r.exits);
+    v["bus"] = CountersJson(r.bus);
+    Json results = Json::object();
+    for (const GuestResult& g : r.results) results[g.name] = g.value;
+    v["results"] = results;
+    v["kvm_vm_stats"] = StatsJson(r.vm_stats);
+    v["kvm_vcpu_stats"] = StatsJson(r.vcpu_stats);
+    list.push_back(std::move(v));
+    if (r.ok()) {
+      ++ok;
+    } else {
+      failed.push_back(r.name);
+    }
+  }
+  root["vms"] = std::move(list);
+  Json summary;
+  summary["vms"] = vms.size();
+  summary["ok"] = ok;
+  summary["failed"] = std::move(failed);
+  root["summary"] = std::move(summary);
+  return root.dump(2) + "\n";
+}
+
+absl::Status WriteReport(const std::string& path, const std::string& json) {
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (!out) return absl::InternalError(absl::StrCat("cannot write report ", tmp, ": ", std::strerror(errno)));
+    out << json;
+    if (!out.flush()) return absl::InternalError(absl::StrCat("cannot write report ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot write report ", path, ": ", std::strerror(err)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace vmm

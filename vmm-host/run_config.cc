@@ -1,0 +1,221 @@
+#include "vmm-host/run_config.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/status.h"
+#include "nlohmann/json.hpp"
+#include "vmm-host/memory_layout.h"
+
+namespace vmm {
+namespace {
+
+using Json = nlohmann::json;
+
+absl::Status FieldError(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat("config: ", field, ": ", why));
+}
+
+absl::StatusOr<uint64_t> SizeField(const Json& v, absl::string_view field) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_string()) {
+    absl::StatusOr<uint64_t> size = ParseSize(v.get<std::string>());
+    if (!size.ok()) return FieldError(field, size.status().message());
+    return *size;
+  }
+  return FieldError(field, "expected a size such as \"256M\" or a number of bytes");
+}
+
+absl::StatusOr<std::string> StringField(const Json& v, absl::string_view field) {
+  if (!v.is_string()) return FieldError(field, "expected a string");
+  return v.get<std::string>();
+}
+
+absl::StatusOr<double> NumberField(const Json& v, absl::string_view field) {
+  if (!v.is_number()) return FieldError(field, "expected a number");
+  return v.get<double>();
+}
+
+absl::StatusOr<VmConfig> ParseVm(const Json& j, const std::string& where, VmConfig vm) {
+  if (!j.is_object()) return FieldError(where, "expected an object");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    const std::string field = absl::StrCat(where, ".", key);
+    const Json& v = it.value();
+    if (key == "name") {
+      ASSIGN_OR_RETURN(vm.name, StringField(v, field));
+    } else if (key == "backend") {
+      ASSIGN_OR_RETURN(vm.backend, StringField(v, field));
+    } else if (key == "ram") {
+      ASSIGN_OR_RETURN(vm.ram_bytes, SizeField(v, field));
+    } else if (key == "vcpus") {
+      if (!v.is_number_integer()) return FieldError(field, "expected an integer");
+      vm.vcpus = v.get<int>();
+    } else if (key == "workload") {
+      ASSIGN_OR_RETURN(vm.workload, StringField(v, field));
+    } else if (key == "workload_args") {
+      ASSIGN_OR_RETURN(vm.workload_args, StringField(v, field));
+    } else if (key == "cmdline") {
+      ASSIGN_OR_RETURN(vm.extra_cmdline, StringField(v, field));
+    } else if (key == "timeout") {
+      ASSIGN_OR_RETURN(vm.timeout_seconds, NumberField(v, field));
+    } else if (key == "count") {
+      // handled by the caller
+    } else {
+      return FieldError(field, "unknown field");
+    }
+  }
+  return vm;
+}
+
+}  // namespace
+
+bool IsKnownWorkload(std::string_view name) {
+  for (std::string_view w : kKnownWorkloads) {
+    if (w == name) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<uint64_t> ParseSize(std::string_view text_in) {
+  const absl::string_view text(text_in.data(), text_in.size());
+  absl::string_view digits = text;
+  uint64_t multiplier = 1;
+  if (!digits.empty()) {
+    switch (absl::ascii_toupper(digits.back())) {
+      case 'K': multiplier = uint64_t{1} << 10; break;
+      case 'M': multiplier = uint64_t{1} << 20; break;
+      case 'G': multiplier = uint64_t{1} << 30; break;
+      case 'T': multiplier = uint64_t{1} << 40; break;
+      default: break;
+    }
+    if (multiplier != 1) digits.remove_suffix(1);
+  }
+  uint64_t value = 0;
+  if (digits.empty() || !absl::SimpleAtoi(digits, &value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad size '", text, "' (use a number with an optional K, M or G suffix)"));
+  }
+  if (value > (~uint64_t{0}) / multiplier) {
+    return absl::InvalidArgumentError(absl::StrCat("size '", text, "' is too large"));
+  }
+  return value * multiplier;
+}
+
+absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text) {
+  Json root = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded()) return absl::InvalidArgumentError("config: not valid JSON");
+  if (!root.is_object()) return FieldError("(top level)", "expected an object");
+  RunConfig config;
+  VmConfig defaults;
+  // "defaults" first, so that every VM starts from it whatever the key order.
+  if (root.contains("defaults")) {
+    ASSIGN_OR_RETURN(defaults, ParseVm(root["defaults"], "defaults", defaults));
+  }
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string& key = it.key();
+    const Json& v = it.value();
+    if (key == "defaults") continue;
+    if (key == "host_budget") {
+      ASSIGN_OR_RETURN(config.host_budget_bytes, SizeField(v, key));
+    } else if (key == "kernel") {
+      ASSIGN_OR_RETURN(config.kernel_path, StringField(v, key));
+    } else if (key == "report") {
+      ASSIGN_OR_RETURN(config.report_path, StringField(v, key));
+    } else if (key == "log_dir") {
+      ASSIGN_OR_RETURN(config.log_dir, StringField(v, key));
+    } else if (key == "echo_console") {
+      if (!v.is_boolean()) return FieldError(key, "expected true or false");
+      config.echo_console = v.get<bool>();
+    } else if (key == "vms") {
+      if (!v.is_array()) return FieldError(key, "expected an array of VM objects");
+      for (size_t i = 0; i < v.size(); ++i) {
+        const std::string where = absl::StrCat("vms[", i, "]");
+        ASSIGN_OR_RETURN(VmConfig vm, ParseVm(v[i], where, defaults));
+        int count = 1;
+        if (v[i].is_object() && v[i].contains("count")) {
+          const Json& c = v[i]["count"];
+          if (!c.is_number_integer() || c.get<int>() < 1 || c.get<int>() > 1024) {
+            return FieldError(absl::StrCat(where, ".count"), "expected an integer in 1..1024");
+          }
+          count = c.get<int>();
+        }
+        const std::string base_name = vm.name.empty() ? absl::StrCat("vm", config.vms.size()) : vm.name;
+        for (int k = 0; k < count; ++k) {
+          VmConfig copy = vm;
+          copy.name = count == 1 ? base_name : absl::StrCat(base_name, "-", k);
+          config.vms.push_back(std::move(copy));
+        }
+      }
+    } else {
+      return FieldError(key, "unknown field");
+    }
+  }
+  return config;
+}
+
+absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("config ", path, ": cannot open: ", std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  absl::StatusOr<RunConfig> config = ParseRunConfig(text.str());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(), absl::StrCat(path, ": ", config.status().message()));
+  }
+  return config;
+}
+
+absl::Status ValidateRunConfig(const RunConfig& config) {
+  if (config.vms.empty()) return absl::InvalidArgumentError("config: vms: no VMs to run");
+  std::set<std::string> names;
+  for (size_t i = 0; i < config.vms.size(); ++i) {
+    const VmConfig& vm = config.vms[i];
+    const std::string where = absl::StrCat("vms[", i, "] (", vm.name, ")");
+    if (vm.name.empty() || vm.name.size() > 64 ||
+        vm.name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
+            std::string::npos) {
+      return FieldError(absl::StrCat(where, ".name"), "use 1-64 letters, digits, '-', '_' or '.'");
+    }
+    if (!names.insert(vm.name).second) {
+      return FieldError(absl::StrCat(where, ".name"), "duplicate VM name");
+    }
+    if (vm.backend != "kvm" && vm.backend != "soft") {
+      return FieldError(absl::StrCat(where, ".backend"), "expected \"kvm\" or \"soft\"");
+    }
+    if (vm.backend == "soft") {
+      return FieldError(absl::StrCat(where, ".backend"),
+                        "the soft backend is not available in this build yet");
+    }
+    if (!IsKnownWorkload(vm.workload)) {
+      std::string known;
+      for (std::string_view w : kKnownWorkloads) absl::StrAppend(&known, known.empty() ? "" : ", ", std::string(w));
+      return FieldError(absl::StrCat(where, ".workload"),
+                        absl::StrCat("unknown workload '", vm.workload, "' (known: ", known, ")"));
+    }
+    if (vm.ram_bytes < MemoryLayout::kMinRamBytes || (vm.ram_bytes & 0x1fffff) != 0 ||
+        vm.ram_bytes > (uint64_t{64} << 30)) {
+      return FieldError(absl::StrCat(where, ".ram"),
+                        "guest RAM must be a multiple of 2 MiB between 16 MiB and 64 GiB");
+    }
+    if (vm.vcpus != 1) {
+      return FieldError(absl::StrCat(where, ".vcpus"),
+                        "the guest kernel supports exactly one vCPU");
+    }
+    if (!(vm.timeout_seconds > 0)) {
+      return FieldError(absl::StrCat(where, ".timeout"), "expected a positive number of seconds");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace vmm

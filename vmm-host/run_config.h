@@ -1,0 +1,53 @@
+// The run configuration: which VMs to run and with what. It comes from a JSON
+// config file (schema in docs/vmm.md, "Run config") and/or command-line flags;
+// flags override the file for every VM.
+//
+// Thread safety: plain values.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace vmm {
+
+// The workloads the guest kernel knows (guest/user/workloads.cc).
+inline constexpr std::string_view kKnownWorkloads[] = {
+    "compute", "memtouch", "ptchurn", "tlbstress", "dedupfill", "idle", "mix"};
+bool IsKnownWorkload(std::string_view name);
+
+struct VmConfig {
+  std::string name;
+  std::string backend = "kvm";
+  uint64_t ram_bytes = uint64_t{64} << 20;
+  int vcpus = 1;
+  std::string workload = "mix";
+  std::string workload_args;  // "key=value ..." for the workload
+  std::string extra_cmdline;  // appended to the kernel command line verbatim
+  double timeout_seconds = 120;
+};
+
+struct RunConfig {
+  std::vector<VmConfig> vms;
+  uint64_t host_budget_bytes = 0;  // 0: the sum of guest RAM, rounded up
+  std::string kernel_path;         // empty: the guest image built with this tree
+  std::string report_path = "vmm-report.json";
+  std::string log_dir = "vmm-logs";
+  bool echo_console = false;
+};
+
+// Parses "64M", "1G", "4096K", "1048576" (bytes) into bytes.
+absl::StatusOr<uint64_t> ParseSize(std::string_view text);
+
+// Parses a JSON run config. Errors name the field: "vms[1].ram: ...".
+absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text);
+absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path);
+
+// Checks a complete config (after flags are applied): names unique and
+// usable as file names, known workloads and backends, sizes sane.
+absl::Status ValidateRunConfig(const RunConfig& config);
+
+}  // namespace vmm

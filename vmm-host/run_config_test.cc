@@ -1,0 +1,62 @@
+#include "vmm-host/run_config.h"
+
+#include "gtest/gtest.h"
+
+namespace vmm {
+namespace {
+
+TEST(RunConfigTest, ParsesSizes) {
+  EXPECT_EQ(*ParseSize("64M"), uint64_t{64} << 20);
+  EXPECT_EQ(*ParseSize("2g"), uint64_t{2} << 30);
+  EXPECT_EQ(*ParseSize("4096"), 4096u);
+  EXPECT_FALSE(ParseSize("").ok());
+  EXPECT_FALSE(ParseSize("M").ok());
+  EXPECT_FALSE(ParseSize("12Q").ok());
+  EXPECT_FALSE(ParseSize("99999999999999999999T").ok());
+  EXPECT_FALSE(ParseSize("-1M").ok());
+}
+
+TEST(RunConfigTest, DefaultsApplyToEveryVmAndCountExpands) {
+  absl::StatusOr<RunConfig> c = ParseRunConfig(R"({
+    "host_budget": "1G",
+    "vms": [
+      {"name": "web", "count": 3, "workload": "memtouch", "workload_args": "mib=8"},
+      {"name": "db", "ram": "128M", "workload": "compute"}
+    ],
+    "defaults": {"ram": "96M", "timeout": 30}
+  })");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->host_budget_bytes, uint64_t{1} << 30);
+  ASSERT_EQ(c->vms.size(), 4u);
+  EXPECT_EQ(c->vms[0].name, "web-0");
+  EXPECT_EQ(c->vms[2].name, "web-2");
+  EXPECT_EQ(c->vms[0].ram_bytes, uint64_t{96} << 20);
+  EXPECT_EQ(c->vms[0].workload_args, "mib=8");
+  EXPECT_EQ(c->vms[3].ram_bytes, uint64_t{128} << 20);
+  EXPECT_EQ(c->vms[3].timeout_seconds, 30);
+  EXPECT_TRUE(ValidateRunConfig(*c).ok());
+}
+
+TEST(RunConfigTest, ErrorsNameTheField) {
+  auto error = [](const char* json) {
+    absl::StatusOr<RunConfig> c = ParseRunConfig(json);
+    if (c.ok()) return std::string(ValidateRunConfig(*c).message());
+    return std::string(c.status().message());
+  };
+  EXPECT_EQ(error("{"), "config: not valid JSON");
+  EXPECT_EQ(error(R"({"vms": [{"ram": "lots"}]})"),
+            "config: vms[0].ram: bad size 'lots' (use a number with an optional K, M or G suffix)");
+  EXPECT_EQ(error(R"({"vms": [{"colour": "red"}]})"), "config: vms[0].colour: unknown field");
+  EXPECT_EQ(error(R"({"budget": 1})"), "config: budget: unknown field");
+  EXPECT_EQ(error(R"({"vms": [{"vcpus": "two"}]})"), "config: vms[0].vcpus: expected an integer");
+  EXPECT_NE(error(R"({"vms": [{"workload": "bitcoin"}]})").find("vms[0] (vm0).workload: unknown workload 'bitcoin'"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"name": "a"}, {"name": "a"}]})").find("duplicate"), std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"ram": "15M"}]})").find(".ram"), std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"name": "../etc"}]})").find(".name"), std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"count": 0}]})").find("vms[0].count"), std::string::npos);
+  EXPECT_NE(error(R"({"vms": []})").find("no VMs"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace vmm

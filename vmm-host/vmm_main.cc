@@ -1,0 +1,150 @@
+// vmm: the hosted VMM's command-line front end.
+//
+//   vmm run                       a few guests running the mix workload
+//   vmm run --count=8 --workload=memtouch --workload_args="mib=8"
+//   vmm run --config=run.json --report=out.json
+//
+// Flags override the config file for every VM. See docs/vmm.md.
+#include <cstdio>
+#include <iostream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "base/log.h"
+#include "vmm-host/run_config.h"
+#include "vmm-host/vmm_runner.h"
+
+ABSL_FLAG(std::string, config, "", "JSON run config describing the VMs (docs/vmm.md)");
+ABSL_FLAG(std::string, backend, "kvm", "execution backend: kvm (soft comes in a later release)");
+ABSL_FLAG(std::string, ram, "64M", "guest RAM per VM, e.g. 64M or 1G");
+ABSL_FLAG(int, vcpus, 1, "vCPUs per VM");
+ABSL_FLAG(int, count, 3, "number of identical VMs (without --config)");
+ABSL_FLAG(std::string, workload, "mix", "guest workload: compute, memtouch, ptchurn, tlbstress, dedupfill, idle, mix");
+// The default keeps the built-in run short on hosts where guest kernel code is
+// emulated (PLATFORM.md): ptchurn's page-table traffic dominates there.
+ABSL_FLAG(std::string, workload_args, "mib=4 ptchurn.iters=40",
+          "workload parameters, e.g. \"mib=8 passes=2\"");
+ABSL_FLAG(std::string, cmdline, "", "extra guest kernel command-line words");
+ABSL_FLAG(std::string, host_budget, "", "host memory budget for all guests (default: their total RAM)");
+ABSL_FLAG(std::string, report, "vmm-report.json", "where to write the JSON report");
+ABSL_FLAG(std::string, log_dir, "vmm-logs", "directory for per-VM serial logs");
+ABSL_FLAG(std::string, kernel, "", "guest kernel ELF (default: the one built with this tree)");
+ABSL_FLAG(double, timeout, 120, "seconds a VM may run before it is stopped as hung");
+ABSL_FLAG(bool, echo_console, true, "print guest console lines to stdout with a [vm] prefix");
+
+namespace {
+
+// Names of the flags given on the command line. (This Abseil release keeps
+// CommandLineFlag::IsSpecifiedOnCommandLine private, so look at argv.)
+std::set<std::string>& GivenFlags() {
+  static std::set<std::string> given;
+  return given;
+}
+void RecordGivenFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--") break;
+    if (a.size() < 2 || a[0] != '-') continue;
+    a.remove_prefix(a[1] == '-' ? 2 : 1);
+    a = a.substr(0, a.find('='));
+    if (a.substr(0, 2) == "no") GivenFlags().insert(std::string(a.substr(2)));  // --nofoo
+    GivenFlags().insert(std::string(a));
+  }
+}
+bool Specified(const std::string& name) { return GivenFlags().count(name) != 0; }
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "vmm: %s\n", std::string(status.message()).c_str());
+  return 2;
+}
+
+absl::StatusOr<vmm::RunConfig> BuildConfig() {
+  vmm::RunConfig config;
+  if (!absl::GetFlag(FLAGS_config).empty()) {
+    absl::StatusOr<vmm::RunConfig> loaded = vmm::LoadRunConfig(absl::GetFlag(FLAGS_config));
+    if (!loaded.ok()) return loaded.status();
+    config = *std::move(loaded);
+  } else {
+    vmm::VmConfig vm;
+    const int count = absl::GetFlag(FLAGS_count);
+    if (count < 1 || count > 1024) return absl::InvalidArgumentError("--count: expected 1..1024");
+    for (int i = 0; i < count; ++i) {
+      vm.name = absl::StrCat("vm", i);
+      config.vms.push_back(vm);
+    }
+  }
+  // Flags given on the command line override the file for every VM; without
+  // a file, every flag applies (defaults included).
+  const bool all = absl::GetFlag(FLAGS_config).empty();
+  absl::StatusOr<uint64_t> ram = vmm::ParseSize(absl::GetFlag(FLAGS_ram));
+  if (!ram.ok()) return absl::InvalidArgumentError(absl::StrCat("--ram: ", ram.status().message()));
+  for (vmm::VmConfig& vm : config.vms) {
+    if (all || Specified("backend")) vm.backend = absl::GetFlag(FLAGS_backend);
+    if (all || Specified("ram")) vm.ram_bytes = *ram;
+    if (all || Specified("vcpus")) vm.vcpus = absl::GetFlag(FLAGS_vcpus);
+    if (all || Specified("workload")) vm.workload = absl::GetFlag(FLAGS_workload);
+    if (all || Specified("workload_args")) vm.workload_args = absl::GetFlag(FLAGS_workload_args);
+    if (all || Specified("cmdline")) vm.extra_cmdline = absl::GetFlag(FLAGS_cmdline);
+    if (all || Specified("timeout")) vm.timeout_seconds = absl::GetFlag(FLAGS_timeout);
+  }
+  if (!absl::GetFlag(FLAGS_host_budget).empty()) {
+    absl::StatusOr<uint64_t> budget = vmm::ParseSize(absl::GetFlag(FLAGS_host_budget));
+    if (!budget.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--host_budget: ", budget.status().message()));
+    }
+    config.host_budget_bytes = *budget;
+  }
+  if (all || Specified("report")) config.report_path = absl::GetFlag(FLAGS_report);
+  if (all || Specified("log_dir")) config.log_dir = absl::GetFlag(FLAGS_log_dir);
+  if (all || Specified("kernel")) config.kernel_path = absl::GetFlag(FLAGS_kernel);
+  if (all || Specified("echo_console")) config.echo_console = absl::GetFlag(FLAGS_echo_console);
+  return config;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "a hosted VMM with a pluggable memory manager.\n"
+      "  vmm run [flags]    run guests (no flags: a few guests running the mix workload)");
+  RecordGivenFlags(argc, argv);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) {
+    std::fprintf(stderr, "vmm: missing command; try: vmm run  (see --help)\n");
+    return 2;
+  }
+  const std::string command = args[1];
+  if (command != "run") {
+    std::fprintf(stderr, "vmm: unknown command '%s'; try: vmm run\n", command.c_str());
+    return 2;
+  }
+  if (args.size() > 2) {
+    std::fprintf(stderr, "vmm: unexpected argument '%s'\n", args[2]);
+    return 2;
+  }
+  absl::StatusOr<vmm::RunConfig> config = BuildConfig();
+  if (!config.ok()) return Fail(config.status());
+  absl::StatusOr<vmm::RunOutcome> outcome = vmm::RunVms(*config);
+  if (!outcome.ok()) return Fail(outcome.status());
+  int ok = 0;
+  for (const vmm::MachineResult& r : outcome->vms) {
+    std::string results;
+    for (const vmm::GuestResult& g : r.results) absl::StrAppend(&results, " ", g.name, "=", g.value);
+    std::printf("vm %-10s %-12s %6.2fs%s%s\n", r.name.c_str(),
+                r.ok() ? "ok" : vmm::MachineOutcomeName(r.outcome), r.wall_seconds,
+                r.failure.empty() ? "" : ("  " + r.failure).c_str(), results.c_str());
+    ok += r.ok();
+  }
+  std::printf("%d of %zu VMs ok; report: %s\n", ok, outcome->vms.size(), outcome->report_path.c_str());
+  if (!outcome->failed.empty()) {
+    std::string names;
+    for (const std::string& n : outcome->failed) absl::StrAppend(&names, names.empty() ? "" : ", ", n);
+    std::fprintf(stderr, "vmm: failed VMs: %s\n", names.c_str());
+  }
+  return outcome->exit_status();
+}
