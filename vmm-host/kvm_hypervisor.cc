@@ -410,15 +410,15 @@ absl::StatusOr<std::unique_ptr<KvmHypervisor>> KvmHypervisor::Create(const std::
     const int err = errno;
     if (err == ENOENT) {
       return absl::UnavailableError(absl::StrCat(
-          device_path, " does not exist: this host has no KVM; use --backend soft"));
+          device_path, " does not exist: this host has no KVM (load kvm_intel or kvm_amd)"));
     }
     if (err == EACCES || err == EPERM) {
       return absl::PermissionDeniedError(absl::StrCat(
           "no permission to open ", device_path,
-          ": run as root or join the kvm group, or use --backend soft"));
+          ": run as root or join the kvm group"));
     }
     return absl::UnavailableError(absl::StrCat("cannot open ", device_path, ": ",
-                                               std::strerror(err), "; use --backend soft"));
+                                               std::strerror(err)));
   }
   const int version = ioctl(hv->kvm_fd_, KVM_GET_API_VERSION, 0);
   if (version != KVM_API_VERSION) {

@@ -24,7 +24,7 @@ namespace vmm {
 class KvmHypervisor final : public Hypervisor {
  public:
   // Opens /dev/kvm (or `device_path`) and checks the API version and the
-  // capabilities we rely on. Errors name the fix (permissions, --backend soft).
+  // capabilities we rely on. Errors name the fix (load the module, permissions).
   static absl::StatusOr<std::unique_ptr<KvmHypervisor>> Create(
       const std::string& device_path = "/dev/kvm");
   ~KvmHypervisor() override;
