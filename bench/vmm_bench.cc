@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -34,7 +35,9 @@
 #include "absl/strings/str_split.h"
 #include "guest/qemu_runner.h"
 #include "guest/standard_workloads.h"
+#include "tests/fakes/tiny_elf.h"
 #include "vmm-host/boot_setup.h"
+#include "vmm-host/kvm_abi.h"
 #include "vmm-host/vmm_runner.h"
 
 ABSL_FLAG(std::string, what, "exit,boot,workload", "which benchmarks to run");
@@ -64,51 +67,26 @@ std::filesystem::path TempDir() {
 //   mov ecx, count; mov dx, 0x80; 1: out dx, al; dec ecx; jnz 1b;
 //   mov dx, 0xf4; xor eax, eax; out dx, eax; 2: hlt; jmp 2b
 std::string OutLoopCode(uint32_t count) {
-  std::string c;
-  c += '\xb9';
-  c.append(reinterpret_cast<const char*>(&count), 4);
-  c += "\x66\xba\x80\x00";   // mov dx, 0x80
-  c += "\xee";               // out dx, al
-  c += "\xff\xc9";           // dec ecx
-  c += "\x75\xfb";           // jnz -5
-  c += "\x66\xba\xf4\x00";   // mov dx, 0xf4
-  c += "\x31\xc0";           // xor eax, eax
-  c += "\xef";               // out dx, eax
-  c += "\xf4";               // hlt
-  c += "\xeb\xfd";           // jmp hlt
-  return c;
-}
-
-std::string ElfFor(const std::string& code) {
-  unsigned char ehdr[64] = {0x7f, 'E', 'L', 'F', 2, 1, 1};
-  auto put = [](unsigned char* p, uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+  const unsigned char code[] = {
+      0xb9, static_cast<unsigned char>(count), static_cast<unsigned char>(count >> 8),
+      static_cast<unsigned char>(count >> 16), static_cast<unsigned char>(count >> 24),  // mov ecx
+      0x66, 0xba, 0x80, 0x00,  // mov dx, 0x80
+      0xee,                    // 1: out dx, al
+      0xff, 0xc9,              // dec ecx
+      0x75, 0xfb,              // jnz 1b
+      0x66, 0xba, 0xf4, 0x00,  // mov dx, 0xf4
+      0x31, 0xc0,              // xor eax, eax
+      0xef,                    // out dx, eax
+      0xf4,                    // 2: hlt
+      0xeb, 0xfd,              // jmp 2b
   };
-  put(ehdr + 16, 2, 2);
-  put(ehdr + 18, 62, 2);
-  put(ehdr + 20, 1, 4);
-  put(ehdr + 24, 0x100000, 8);
-  put(ehdr + 32, 64, 8);
-  put(ehdr + 52, 64, 2);
-  put(ehdr + 54, 56, 2);
-  put(ehdr + 56, 1, 2);
-  unsigned char phdr[56] = {};
-  put(phdr + 0, 1, 4);
-  put(phdr + 4, 5, 4);
-  put(phdr + 8, 120, 8);
-  put(phdr + 16, 0x100000, 8);
-  put(phdr + 24, 0x100000, 8);
-  put(phdr + 32, code.size(), 8);
-  put(phdr + 40, code.size(), 8);
-  std::string image(reinterpret_cast<char*>(ehdr), 64);
-  image.append(reinterpret_cast<char*>(phdr), 56);
-  return image + code;
+  return std::string(reinterpret_cast<const char*>(code), sizeof(code));
 }
 
 // Seconds for one run of the out-loop guest through our whole VMM.
 double OurRunSeconds(const std::filesystem::path& dir, uint32_t count) {
   const std::string path = (dir / absl::StrCat("outloop_", count, ".elf")).string();
-  std::ofstream(path, std::ios::binary) << ElfFor(OutLoopCode(count));
+  std::ofstream(path, std::ios::binary) << vmm::testing::TinyElf(OutLoopCode(count));
   vmm::RunConfig config;
   config.kernel_path = path;
   config.log_dir = (dir / "logs").string();
@@ -152,10 +130,18 @@ double RawRunSeconds(uint32_t count) {
   kvm_userspace_memory_region region = {0, 0, 0, ram, reinterpret_cast<uintptr_t>(mem)};
   ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region);
   RawMemory guest(static_cast<uint8_t*>(mem), ram);
-  absl::StatusOr<vmm::ElfImage> image = vmm::ParseElf(ElfFor(OutLoopCode(count)), "raw");
+  absl::StatusOr<vmm::ElfImage> image = vmm::ParseElf(vmm::testing::TinyElf(OutLoopCode(count)), "raw");
   absl::StatusOr<vmm::LongModeEntry> entry =
       vmm::SetUpBoot(*image, vmm::MemoryLayout::ForRamSize(ram), {}, guest);
   const int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+  // Without KVM_SET_CPUID2 every CPUID leaf reads zero, long mode included.
+  {
+    std::vector<uint8_t> cpuid(sizeof(vmm::kvm_abi::Cpuid2Header) + 256 * sizeof(kvm_cpuid_entry2));
+    const vmm::kvm_abi::Cpuid2Header header = {256, 0};
+    std::memcpy(cpuid.data(), &header, sizeof(header));
+    ioctl(kvm, vmm::kvm_abi::kGetSupportedCpuid, cpuid.data());
+    ioctl(vcpu, vmm::kvm_abi::kSetCpuid2, cpuid.data());
+  }
   const int run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
   auto* run = static_cast<kvm_run*>(mmap(nullptr, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0));
   kvm_sregs sregs;
@@ -180,6 +166,11 @@ double RawRunSeconds(uint32_t count) {
   regs.rip = entry->rip;
   regs.rflags = 2;
   ioctl(vcpu, KVM_SET_REGS, &regs);
+  // A guard against a guest that never exits: SIGALRM interrupts KVM_RUN.
+  struct sigaction sa = {};
+  sa.sa_handler = [](int) {};
+  sigaction(SIGALRM, &sa, nullptr);
+  alarm(60);
   const auto t0 = Clock::now();
   bool ok = false;
   for (;;) {
@@ -191,6 +182,7 @@ double RawRunSeconds(uint32_t count) {
     }
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  alarm(0);
   munmap(run, run_size);
   close(vcpu);
   munmap(mem, ram);
@@ -208,7 +200,11 @@ void ExitBench(int runs) {
   for (int r = 0; r < runs; ++r) {
     const double o_long = OurRunSeconds(dir, 2 * n), o_short = OurRunSeconds(dir, n);
     const double r_long = RawRunSeconds(2 * n), r_short = RawRunSeconds(n);
-    if (o_long < 0 || o_short < 0 || r_long < 0 || r_short < 0) return;
+      if (o_long < 0 || o_short < 0 || r_long < 0 || r_short < 0) {
+      std::printf("exit round trip: a run failed (ours %.3f/%.3f s, raw %.3f/%.3f s)\n", o_long,
+                  o_short, r_long, r_short);
+      return;
+    }
     ours.push_back((o_long - o_short) / n * 1e6);
     raw.push_back((r_long - r_short) / n * 1e6);
   }

@@ -25,20 +25,11 @@ constexpr int kMaxPages = 256;
 constexpr uint64_t kGuestBase = 16 << 20;
 constexpr uint64_t kWb = uint64_t{6} << epte::kMemTypeShift;
 
-class GuestView {
- public:
-  explicit GuestView(FlatMemory& host) : host_(host) {}
-  uint64_t* PageAt(uint64_t gpa) noexcept { return host_.PageAt(kGuestBase + gpa); }
-  uint64_t AllocPage() { return next_ += 0x1000; }
-
- private:
-  FlatMemory& host_;
-  uint64_t next_ = 0;
-};
+using GuestView = WindowMemory<FlatMemory>;
 
 struct Setup {
   Setup(int levels, int pages, int spread_bits)
-      : host(32 << 20), view(host), guest(view, levels), ept(host, 4, true), num_pages(pages) {
+      : host(32 << 20), view(host, kGuestBase), guest(view, levels), ept(host, 4, true), num_pages(pages) {
     std::mt19937_64 rng(42);
     const int va_bits = std::min(spread_bits, levels == 5 ? 56 : 47);
     for (int i = 0; i < pages; ++i) {

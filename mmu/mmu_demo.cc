@@ -19,16 +19,7 @@ using namespace mmu;
 constexpr uint64_t kGuestBase = 8 << 20;  // guest-physical 0 lives here in host memory
 constexpr uint64_t kGuestBytes = 4 << 20;
 
-class GuestView {
- public:
-  explicit GuestView(FlatMemory& host) : host_(host) {}
-  uint64_t* PageAt(uint64_t gpa) noexcept { return host_.PageAt(kGuestBase + gpa); }
-  uint64_t AllocPage() { return next_ += 0x1000; }
-
- private:
-  FlatMemory& host_;
-  uint64_t next_ = 0;
-};
+using GuestView = WindowMemory<FlatMemory>;
 
 std::string ErrorCodeText(uint32_t code) {
   std::string s;
@@ -68,7 +59,7 @@ void Print(const char* what, const AccessRequest& req, const WalkResult& r) {
 
 int main() {
   FlatMemory host(16 << 20);
-  GuestView guest_mem(host);
+  GuestView guest_mem(host, kGuestBase);
   TableBuilder<GuestView> guest(guest_mem, 4);
   TableBuilder<FlatMemory> ept(host, 4, /*ept=*/true);
 
@@ -111,7 +102,7 @@ int main() {
   for (const Case& c : cases) {
     AccessRequest req{c.va, c.access, c.cpl};
     WalkResult r;
-    GuestView view(host);
+    GuestView view(host, kGuestBase);
     Walk1D(mode, guest.root(), req, view, &r);
     Print(c.what, req, r);
   }

@@ -73,4 +73,22 @@ class FlatMemory final : public PhysicalMemory {
   uint64_t next_free_;
 };
 
+// A window of another memory: physical address pa of this view is
+// `base + pa` of the underlying one. Models guest-physical memory placed at an
+// offset of host memory (tests, benchmarks, the demo), with its own bump page
+// allocator (pages handed out from 4 KiB up, never checked against the
+// window's end) so TableBuilder can build guest tables in it.
+template <PhysMemoryView Backing>
+class WindowMemory {
+ public:
+  WindowMemory(Backing& backing, uint64_t base) : backing_(backing), base_(base) {}
+  uint64_t* PageAt(uint64_t pa) noexcept { return backing_.PageAt(base_ + pa); }
+  uint64_t AllocPage() { return next_ += base::kPageSize; }
+
+ private:
+  Backing& backing_;
+  uint64_t base_;
+  uint64_t next_ = 0;
+};
+
 }  // namespace mmu

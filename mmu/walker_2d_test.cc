@@ -19,24 +19,12 @@ constexpr uint64_t kP = pte::kPresent, kW = pte::kWritable, kU = pte::kUser;
 constexpr uint64_t kGuestBase = 2 << 20;
 constexpr uint64_t kGuestBytes = 1 << 20;
 
-// A view of guest-physical memory that follows the 1:1 layout, for building.
-class GuestBuildView {
- public:
-  explicit GuestBuildView(FlatMemory& host) : host_(host) {}
-  uint64_t* PageAt(uint64_t gpa) { return host_.PageAt(kGuestBase + gpa); }
-  uint64_t AllocPage() {
-    next_ += 0x1000;
-    return next_;
-  }
-
- private:
-  FlatMemory& host_;
-  uint64_t next_ = 0;
-};
+// Guest-physical memory as seen through the 1:1 layout, for building tables.
+using GuestBuildView = WindowMemory<FlatMemory>;
 
 class Walker2DTest : public ::testing::Test {
  protected:
-  Walker2DTest() : host_(4 << 20), ept_(host_, 4, true), view_(host_), guest_(view_, 4) {
+  Walker2DTest() : host_(4 << 20), ept_(host_, 4, true), view_(host_, kGuestBase), guest_(view_, 4) {
     ctx_.eptp = MakeEptp(ept_.root(), 4, false);
   }
   void MapAllGuestMemory(uint64_t perms = kRwx) {
@@ -103,7 +91,7 @@ TEST_F(Walker2DTest, FiveLevelDimensionsScaleTheWalk) {
   FlatMemory host(4 << 20);
   TableBuilder<FlatMemory> ept(host, 5, true);
   for (uint64_t g = 0; g < kGuestBytes; g += 0x1000) ASSERT_TRUE(ept.Map(g, kGuestBase + g, PageSize::k4K, kRwx | kWb));
-  GuestBuildView view(host);
+  GuestBuildView view(host, kGuestBase);
   TableBuilder<GuestBuildView> guest(view, 5);
   const uint64_t va = 0x0012'3456'789a'b000ull;
   ASSERT_TRUE(guest.Map(va, 0x8'0000, PageSize::k4K, kP | kW));

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "guest/qemu_runner.h"
 #include "gtest/gtest.h"
+#include "tests/fakes/tiny_elf.h"
 #include "vmm-host/vmm_runner.h"
 
 namespace vmm {
@@ -151,30 +152,7 @@ std::string TripleFaultImage() {
   const unsigned char code[] = {0x0f, 0x01, 0x1d, 0x02, 0x00, 0x00, 0x00,  // lidt [rip+2]
                                 0x0f, 0x0b,                                // ud2
                                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};             // IDTR: limit 0
-  unsigned char ehdr[64] = {0x7f, 'E', 'L', 'F', 2, 1, 1};
-  auto put = [](unsigned char* p, uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-  };
-  put(ehdr + 16, 2, 2);          // ET_EXEC
-  put(ehdr + 18, 62, 2);         // EM_X86_64
-  put(ehdr + 20, 1, 4);          // EV_CURRENT
-  put(ehdr + 24, 0x100000, 8);   // e_entry
-  put(ehdr + 32, 64, 8);         // e_phoff
-  put(ehdr + 52, 64, 2);         // e_ehsize
-  put(ehdr + 54, 56, 2);         // e_phentsize
-  put(ehdr + 56, 1, 2);          // e_phnum
-  unsigned char phdr[56] = {};
-  put(phdr + 0, 1, 4);           // PT_LOAD
-  put(phdr + 4, 5, 4);           // R|X
-  put(phdr + 8, 120, 8);         // p_offset
-  put(phdr + 16, 0x100000, 8);   // p_vaddr
-  put(phdr + 24, 0x100000, 8);   // p_paddr
-  put(phdr + 32, sizeof(code), 8);
-  put(phdr + 40, sizeof(code), 8);
-  std::string image(reinterpret_cast<char*>(ehdr), 64);
-  image.append(reinterpret_cast<char*>(phdr), 56);
-  image.append(reinterpret_cast<const char*>(code), sizeof(code));
-  return image;
+  return testing::TinyElf(std::string(reinterpret_cast<const char*>(code), sizeof(code)));
 }
 
 TEST_F(VmmKvmTest, TripleFaultIsReportedWithRegistersWhileOthersFinish) {

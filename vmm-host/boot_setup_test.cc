@@ -7,23 +7,18 @@
 
 #include "guest/boot_info.h"
 #include "gtest/gtest.h"
+#include "tests/fakes/fake_guest_memory.h"
 #include "mmu/walker.h"
 
 namespace vmm {
 namespace {
 
-class VectorMemory : public GuestMemory {
- public:
-  explicit VectorMemory(uint64_t size) : bytes_(size, 0) {}
-  uint8_t* HostPtr(base::Gpa gpa, uint64_t len) noexcept override {
-    return RangeWithin(gpa.value(), len, 0, bytes_.size()) ? bytes_.data() + gpa.value() : nullptr;
-  }
-  uint64_t ram_bytes() const noexcept override { return bytes_.size(); }
-  // A physical-memory view for the mmu walker.
+// Guest RAM that the mmu walker can also read page tables from.
+struct WalkableMemory : testing::FakeGuestMemory {
+  explicit WalkableMemory(uint64_t size) : FakeGuestMemory({{0, size}}) {}
   uint64_t* PageAt(uint64_t pa) noexcept {
     return reinterpret_cast<uint64_t*>(HostPtr(base::Gpa(pa), 4096));
   }
-  std::vector<uint8_t> bytes_;
 };
 
 ElfImage TinyImage(uint64_t paddr, uint64_t size) {
@@ -38,7 +33,7 @@ ElfImage TinyImage(uint64_t paddr, uint64_t size) {
 class BootSetupTest : public ::testing::Test {
  protected:
   BootSetupTest() : mem_(32 << 20), layout_(MemoryLayout::ForRamSize(32 << 20)) {}
-  VectorMemory mem_;
+  WalkableMemory mem_;
   MemoryLayout layout_;
 };
 
@@ -68,7 +63,7 @@ TEST_F(BootSetupTest, WritesBootInfoMemoryMapAndCommandLine) {
   EXPECT_EQ(map[1].base, 0x100000u);
   EXPECT_EQ(map[1].length, (32u << 20) - 0x100000u);
   EXPECT_EQ(map[1].type, guest::kBootMemUsable);
-  EXPECT_EQ(mem_.bytes_[0x100000], 0x90) << "the image is loaded";
+  EXPECT_EQ(mem_.HostPtr(base::Gpa(0x100000), 1)[0], 0x90) << "the image is loaded";
 }
 
 TEST_F(BootSetupTest, PageTablesIdentityMapLowMemoryAndTheMmioHole) {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/fakes/fake_guest_memory.h"
 
 namespace vmm {
 namespace {
@@ -63,16 +64,6 @@ class ElfBuilder {
   std::vector<std::string> payloads_;
 };
 
-class VectorMemory : public GuestMemory {
- public:
-  explicit VectorMemory(uint64_t size) : bytes_(size, 0xcc) {}
-  uint8_t* HostPtr(base::Gpa gpa, uint64_t len) noexcept override {
-    return RangeWithin(gpa.value(), len, 0, bytes_.size()) ? bytes_.data() + gpa.value() : nullptr;
-  }
-  uint64_t ram_bytes() const noexcept override { return bytes_.size(); }
-  std::vector<uint8_t> bytes_;
-};
-
 std::string ErrorOf(std::string image) {
   absl::StatusOr<ElfImage> r = ParseElf(std::move(image), "test.elf");
   EXPECT_FALSE(r.ok());
@@ -87,14 +78,16 @@ TEST(ElfLoaderTest, ValidImageLoadsSegmentsAndZeroesBss) {
   EXPECT_EQ(image->entry, 0x100000u);
   ASSERT_EQ(image->segments.size(), 2u);
   EXPECT_EQ(image->end_paddr(), 0x202000u);
-  VectorMemory mem(4 << 20);
+  testing::FakeGuestMemory mem({{0, 4 << 20}});
+  uint8_t* ram = mem.HostPtr(base::Gpa(0), 4 << 20);
+  std::memset(ram, 0xcc, 4 << 20);
   ASSERT_TRUE(CopyImageToGuest(*image, mem).ok());
-  EXPECT_EQ(std::memcmp(mem.bytes_.data() + 0x100000, "code", 4), 0);
-  EXPECT_EQ(mem.bytes_[0x100004], 0) << "bss zeroed";
-  EXPECT_EQ(mem.bytes_[0x10000f], 0);
-  EXPECT_EQ(mem.bytes_[0x100010], 0xcc) << "nothing beyond memsz";
-  EXPECT_EQ(std::memcmp(mem.bytes_.data() + 0x200000, "data!", 5), 0);
-  EXPECT_EQ(mem.bytes_[0x201fff], 0);
+  EXPECT_EQ(std::memcmp(ram + 0x100000, "code", 4), 0);
+  EXPECT_EQ(ram[0x100004], 0) << "bss zeroed";
+  EXPECT_EQ(ram[0x10000f], 0);
+  EXPECT_EQ(ram[0x100010], 0xcc) << "nothing beyond memsz";
+  EXPECT_EQ(std::memcmp(ram + 0x200000, "data!", 5), 0);
+  EXPECT_EQ(ram[0x201fff], 0);
 }
 
 TEST(ElfLoaderTest, RejectsTruncatedAndForeignFiles) {

@@ -2,6 +2,8 @@
 
 #include <stdarg.h>
 
+#include "guest/format.h"
+
 extern "C" {
 // The compiler may emit calls to these for struct copies and initialisers.
 void* memset(void* dst, int c, size_t n) {
@@ -20,28 +22,8 @@ void* memcpy(void* dst, const void* src, size_t n) {
 namespace user {
 namespace {
 
-struct Line {
-  char data[200];
-  size_t len = 0;
-  void Put(char c) {
-    if (len == sizeof(data)) Flush();
-    data[len++] = c;
-  }
-  void Flush() {
-    Write(data, len);
-    len = 0;
-  }
-  void Number(uint64_t v, uint32_t base) {
-    char tmp[24];
-    int n = 0;
-    do {
-      uint32_t d = static_cast<uint32_t>(v % base);
-      tmp[n++] = static_cast<char>(d < 10 ? '0' + d : 'a' + d - 10);
-      v /= base;
-    } while (v);
-    while (n) Put(tmp[--n]);
-  }
-};
+void WriteOut(const char* s, uint64_t n) { Write(s, n); }
+using Line = guest::LineBuffer<200, WriteOut>;
 
 size_t Len(const char* s) {
   size_t n = 0;
@@ -96,36 +78,7 @@ void Printf(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   Line line;
-  for (const char* p = fmt; *p; ++p) {
-    if (*p != '%') {
-      line.Put(*p);
-      continue;
-    }
-    ++p;
-    bool is_long = false;
-    while (*p == 'l') is_long = true, ++p;
-    switch (*p) {
-      case 's':
-        for (const char* s = va_arg(ap, const char*); *s; ++s) line.Put(*s);
-        break;
-      case 'd': {
-        int64_t v = is_long ? va_arg(ap, int64_t) : va_arg(ap, int);
-        if (v < 0) line.Put('-');
-        line.Number(v < 0 ? 0 - static_cast<uint64_t>(v) : static_cast<uint64_t>(v), 10);
-        break;
-      }
-      case 'u':
-        line.Number(is_long ? va_arg(ap, uint64_t) : va_arg(ap, uint32_t), 10);
-        break;
-      case 'x':
-        line.Number(is_long ? va_arg(ap, uint64_t) : va_arg(ap, uint32_t), 16);
-        break;
-      default:
-        line.Put('%');
-        line.Put(*p);
-        break;
-    }
-  }
+  guest::FormatV(line, fmt, ap);
   line.Flush();
   va_end(ap);
 }

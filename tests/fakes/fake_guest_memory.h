@@ -33,7 +33,7 @@
 
 namespace vmm::testing {
 
-class FakeGuestMemory final : public GuestMemory {
+class FakeGuestMemory : public GuestMemory {
  public:
   struct Range {
     uint64_t base_gpa;
