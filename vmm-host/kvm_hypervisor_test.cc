@@ -46,6 +46,10 @@ TEST(KvmHypervisorTest, CreatesVmAndVcpuAndReadsBinaryStats) {
   ASSERT_TRUE(vm.ok()) << vm.status();
   absl::StatusOr<std::unique_ptr<Vcpu>> vcpu = (*vm)->CreateVcpu(0);
   ASSERT_TRUE(vcpu.ok()) << vcpu.status();
+  // The in-kernel IOAPIC takes the virtio interrupt lines (GSI 5..).
+  EXPECT_TRUE((*vm)->SetIrqLine(5, true).ok());
+  EXPECT_TRUE((*vm)->SetIrqLine(5, false).ok());
+  EXPECT_GT((*vm)->TscKhz(), 0u) << "KVM_GET_TSC_KHZ feeds the guest's boot info";
   absl::StatusOr<BackendStats> stats = (*vm)->Stats();
   if (!stats.ok()) GTEST_SKIP() << "KVM_GET_STATS_FD unsupported: " << stats.status();
   bool found = false;
