@@ -15,7 +15,9 @@
 // owned elsewhere (FrameTable/FramePool, or a test's array).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include "base/addr.h"
@@ -36,8 +38,24 @@ class PhysicalMemory {
   virtual uint64_t* PageAt(uint64_t page_pa) noexcept = 0;
 };
 
+// Page-aligned storage, so that every page FlatMemory hands out is a 4 KiB
+// aligned host page, as real frames are (SoftTlb::Fill requires it).
+template <typename T>
+struct PageAlignedAllocator {
+  using value_type = T;
+  PageAlignedAllocator() = default;
+  template <typename U>
+  PageAlignedAllocator(const PageAlignedAllocator<U>&) {}  // NOLINT: rebinding
+  T* allocate(size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{base::kPageSize}));
+  }
+  void deallocate(T* p, size_t /*n*/) { ::operator delete(p, std::align_val_t{base::kPageSize}); }
+  template <typename U>
+  bool operator==(const PageAlignedAllocator<U>&) const { return true; }
+};
+
 // A contiguous, zero-initialised physical memory of `size_bytes` starting at
-// physical address 0. Used by tests, fuzzers and benchmarks as guest or host
+// physical address 0, page-aligned in host memory. Used by tests, fuzzers and benchmarks as guest or host
 // physical memory; also a simple page allocator for building tables.
 class FlatMemory final : public PhysicalMemory {
  public:
@@ -69,7 +87,7 @@ class FlatMemory final : public PhysicalMemory {
   }
 
  private:
-  std::vector<uint64_t> words_;
+  std::vector<uint64_t, PageAlignedAllocator<uint64_t>> words_;
   uint64_t next_free_;
 };
 
