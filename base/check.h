@@ -7,7 +7,7 @@
 // A failed check logs the condition, the operands of a comparison and the
 // streamed message, then aborts. Use it only for broken *host* invariants: a
 // guest can never be allowed to trip a CHECK (bad guest input becomes an
-// injected fault, a virtio NEEDS_RESET or a counted drop; see STYLE.md).
+// injected fault, a virtio NEEDS_RESET or a counted drop; see docs/architecture.md, "Conventions").
 // DCHECKs compile to nothing under NDEBUG but their operands still type-check.
 #pragma once
 

@@ -6,7 +6,7 @@
 //   ASSIGN_OR_RETURN(lhs, expr);    // lhs = std::move(*expr) or return status
 // Both work in functions returning absl::Status or absl::StatusOr<T>. They are
 // for the control plane (config, ioctls, files, device setup); hot paths return
-// small enums instead (see STYLE.md).
+// small enums instead (see docs/architecture.md, "Conventions").
 #pragma once
 
 #include <utility>

@@ -2,7 +2,7 @@ cmake_minimum_required(VERSION 3.25)
 # Run by the guest_driver_freestanding target (cmake -P). Fails the build if the
 # guest-driver objects, compiled with the guest kernel's flags, need a symbol a
 # freestanding kernel does not have (operator new, __cxa_guard_*, __stack_chk_fail,
-# libc...) or contain an instruction the CPL0 emulator of PLATFORM.md rejects.
+# libc...) or contain an instruction the CPL0 emulator of docs/platform.md rejects.
 # GCC's freestanding contract lets it call memcpy/memmove/memset/memcmp; the
 # kernel provides those.
 # OBJECTS is '|'-separated (a ';' list would be split into several arguments).

@@ -5,7 +5,7 @@
 //
 // Memory barriers are not part of the interface: they are a property of the ISA,
 // not of the platform, and they sit on the per-request path, where an indirect call
-// costs real time on the emulated CPL0 of PLATFORM.md. They are inline functions
+// costs real time on the emulated CPL0 of docs/platform.md. They are inline functions
 // below instead.
 //
 // Thread safety: the core never calls the environment concurrently from more than
@@ -36,7 +36,7 @@ class VirtioEnv {
   // Allocates `num_pages` physically contiguous, zero-filled 4 KiB pages. Returns
   // their kernel virtual address and stores their guest-physical address in *gpa,
   // or returns nullptr. The VMM hands out zero pages, so the kernel should not
-  // zero them again (zeroing a page at CPL0 costs about 250 us on PLATFORM.md's KVM).
+  // zero them again (zeroing a page at CPL0 costs about 250 us on docs/platform.md's KVM).
   virtual void* AllocZeroedPages(size_t num_pages, uint64_t* gpa) = 0;
   // Returns pages from AllocZeroedPages. May be a no-op in a kernel that never frees.
   virtual void FreePages(void* virt, uint64_t gpa, size_t num_pages) = 0;
@@ -59,7 +59,7 @@ class VirtioEnv {
 // order and loads in order: a compiler barrier is all that read/write ordering needs.
 // Store-then-load ordering (publish avail idx, then read the device's suppression
 // flags) needs a real fence; a locked no-op on the stack is one, and unlike `mfence`
-// it is not an SSE instruction (the CPL0 emulator of PLATFORM.md rejects SSE).
+// it is not an SSE instruction (the CPL0 emulator of docs/platform.md rejects SSE).
 inline void VirtioCompilerBarrier() { __asm__ __volatile__("" ::: "memory"); }
 
 #if defined(__x86_64__)

@@ -24,7 +24,7 @@
 //
 // Per-operation cost: Kick is at most one MMIO write (zero when the device
 // suppressed notifications); an interrupt costs one read and one write. Every MMIO
-// access is a VM exit (7-12 us on PLATFORM.md's KVM), so nothing here reads a
+// access is a VM exit (7-12 us on docs/platform.md's KVM), so nothing here reads a
 // register it does not need; the status register is tracked in a shadow copy.
 //
 // Building: the guest kernel compiles virtio_mmio.cc and virtqueue.cc with its own

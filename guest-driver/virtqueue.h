@@ -4,7 +4,7 @@
 // descriptor's chain link, so nothing the device can write is ever trusted for the
 // driver's own bookkeeping.
 //
-// Per-request cost is kept small for the emulated CPL0 of PLATFORM.md: Add writes
+// Per-request cost is kept small for the emulated CPL0 of docs/platform.md: Add writes
 // one descriptor per buffer plus two ring stores; PollUsed reads the used index and
 // one used entry and walks the chain's shadow links; no loop touches the whole ring
 // outside Init/ResetRing/DetachInFlight.

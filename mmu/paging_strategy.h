@@ -25,7 +25,7 @@
 //   PagingStrategy    the interface.
 //
 // Error handling. Translate and the event methods are hot or warm paths:
-// noexcept, no allocation, answers are enums (STYLE.md). A guest can never make
+// noexcept, no allocation, answers are enums (docs/architecture.md, "Conventions"). A guest can never make
 // them fail: bad guest tables become an injected fault. Only a broken host
 // (RAM that cannot be backed) gives TranslateResult::kHostError. The control
 // plane (AttachVcpu, Audit) returns absl::Status.

@@ -39,7 +39,7 @@ bool KvmUsable(std::string* why) {
   } while (0)
 
 // Small sizes: on the development hosts guest kernel code is emulated
-// (PLATFORM.md), so page-table-heavy work is slow.
+// (docs/platform.md), so page-table-heavy work is slow.
 const std::map<std::string, std::string>& SmallArgs() {
   static const auto* args = new std::map<std::string, std::string>{
       {"compute", "iters=300000"},

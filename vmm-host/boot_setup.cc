@@ -10,7 +10,7 @@
 namespace vmm {
 namespace {
 
-// Boot GDT in Linux's layout (PLATFORM.md: user CS must be 0x33): 0x08 kernel
+// Boot GDT in Linux's layout (docs/platform.md: user CS must be 0x33): 0x08 kernel
 // code 32-bit, 0x10 kernel code 64-bit, 0x18 kernel data, 0x20 user code
 // 32-bit, 0x28 user data, 0x30 user code 64-bit, 0x40 the TSS (16 bytes).
 constexpr uint64_t kGdt[] = {

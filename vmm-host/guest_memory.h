@@ -3,7 +3,7 @@
 //
 // Every access is bounds-checked against the VM's RAM ranges, so a host
 // pointer is never built from a guest-supplied number without a check (see
-// STYLE.md, "Guest input"). Device models (virtio queues, the balloon, the
+// docs/architecture.md, "Guest input"). Device models (virtio queues, the balloon, the
 // loader) use this interface; tests use a fake over a plain buffer
 // (tests/fakes/fake_guest_memory.h).
 //

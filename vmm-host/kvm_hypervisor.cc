@@ -104,7 +104,7 @@ class KvmVcpu final : public Vcpu {
         return exit;
       }
       if (errno == EFAULT) {
-        // PLATFORM.md: a guest write to a host page mapped read-only or not at
+        // docs/platform.md: a guest write to a host page mapped read-only or not at
         // all fails KVM_RUN with EFAULT and no address.
         exit.reason = ExitReason::kInternalError;
         exit.description = "KVM_RUN failed with EFAULT (guest access to unmapped host memory)";
@@ -203,7 +203,7 @@ class KvmVcpu final : public Vcpu {
     sregs.gdt.limit = e.gdt_limit;
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
-    // PLATFORM.md: CR0 0x80050033 (PG|AM|WP|NE|ET|MP|PE), CR4 PAE|OSFXSR,
+    // docs/platform.md: CR0 0x80050033 (PG|AM|WP|NE|ET|MP|PE), CR4 PAE|OSFXSR,
     // EFER 0xD01 (NXE|LMA|LME|SCE).
     sregs.cr0 = 0x80050033;
     sregs.cr3 = e.cr3;
@@ -432,7 +432,7 @@ absl::StatusOr<std::unique_ptr<KvmHypervisor>> KvmHypervisor::Create(const std::
   }
   hv->vcpu_mmap_size_ = ioctl(hv->kvm_fd_, KVM_GET_VCPU_MMAP_SIZE, 0);
   if (hv->vcpu_mmap_size_ <= 0) return ErrnoError("KVM_GET_VCPU_MMAP_SIZE");
-  // PLATFORM.md: without KVM_SET_CPUID2 every leaf reads zero. KVM answers
+  // docs/platform.md: without KVM_SET_CPUID2 every leaf reads zero. KVM answers
   // E2BIG while the buffer is too small.
   for (uint32_t nent = 128; nent <= 4096; nent *= 2) {
     const size_t bytes = sizeof(kvm_abi::Cpuid2Header) + nent * sizeof(kvm_cpuid_entry2);

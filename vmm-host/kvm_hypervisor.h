@@ -3,7 +3,7 @@
 // Linux KVM API (Documentation/virt/kvm/api.rst): one VM fd per Vm, one vCPU
 // fd plus its mmapped kvm_run page per Vcpu, RAM as user memory slots, the
 // in-kernel irqchip (IOAPIC + LAPIC) for interrupts and the LAPIC timer.
-// PLATFORM.md lists what the KVM on the development machines (kvm_pvm) can
+// docs/platform.md lists what the KVM on the development machines (kvm_pvm) can
 // and cannot do; the code is also correct on ordinary VT-x/AMD-V hosts.
 //
 // Thread safety: see hypervisor.h. KvmVcpu::Kick() signals the vCPU thread

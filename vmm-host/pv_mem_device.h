@@ -2,7 +2,7 @@
 // or copy whole guest frames (guest/abi.h ports 0x710..0x71b; enabled by the
 // guest::kBootFlagPvMem boot flag). On the PVM host a guest kernel zeroes a
 // page in about 250 us and copies one in about 0.5 ms, while one port exit
-// costs about 10 us (PLATFORM.md), so this is a large win there.
+// costs about 10 us (docs/platform.md), so this is a large win there.
 //
 //   out 0x710 <- gfn        zero frame gfn
 //   out 0x714 <- gfn        latch the copy source

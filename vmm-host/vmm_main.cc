@@ -26,7 +26,7 @@ ABSL_FLAG(int, vcpus, 1, "vCPUs per VM");
 ABSL_FLAG(int, count, 3, "number of identical VMs (without --config)");
 ABSL_FLAG(std::string, workload, "mix", "guest workload: compute, memtouch, ptchurn, tlbstress, dedupfill, idle, mix");
 // The default keeps the built-in run short on hosts where guest kernel code is
-// emulated (PLATFORM.md): ptchurn's page-table traffic dominates there.
+// emulated (docs/platform.md): ptchurn's page-table traffic dominates there.
 ABSL_FLAG(std::string, workload_args, "mib=4 ptchurn.iters=40",
           "workload parameters, e.g. \"mib=8 passes=2\"");
 ABSL_FLAG(std::string, cmdline, "", "extra guest kernel command-line words");
