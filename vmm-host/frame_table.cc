@@ -22,6 +22,10 @@ using base::kPageSize;
 // Guest-physical addresses are at most 52 bits wide (SDM §4.1.4, MAXPHYADDR).
 constexpr uint64_t kMaxGpaBits = 52;
 
+// What HostPtrForRead serves for pages that read as zero (Zero, Unbacked,
+// Ballooned) without populating them.
+alignas(4096) const uint8_t kZeroPage[kPageSize] = {};
+
 std::string GfnText(Gfn gfn) {
   std::ostringstream os;
   os << gfn;
@@ -168,8 +172,8 @@ const uint8_t* FrameTable::TranslateForRead(Gfn gfn) const noexcept {
   return e.has_frame() ? pool_->HostPtr(e.hfn()) : nullptr;
 }
 
-void FrameTable::NoteAccess(Gfn gfn, bool write) noexcept {
-  const uint64_t index = IndexOf(gfn.value());
+void FrameTable::NoteAccess(uint64_t gfn, bool write) noexcept {
+  const uint64_t index = IndexOf(gfn);
   if (index == kNoIndex) return;
   const uint64_t bits = GfnEntry::kAccessedBit | (write ? GfnEntry::kDirtyBit : 0);
   // Skip the locked RMW (and the cache-line transfer) when already noted.
@@ -196,6 +200,128 @@ uint8_t* FrameTable::HostPtr(Gpa gpa, uint64_t len) noexcept {
     return pool_->HostPtr(e0.hfn()) + base::PageOffset(gpa);
   }
   return nullptr;
+}
+
+bool FrameTable::IsRam(Gpa gpa, uint64_t len) noexcept {
+  // Guest input: overflow-safe. A range may cross from one RAM range into an
+  // adjacent one (each page is RAM), as GuestMemory's page-wise check allows.
+  if (len > UINT64_MAX - gpa.value()) return false;
+  if (len == 0) return IndexOf(gpa.value() >> kPageShift) != kNoIndex;
+  const uint64_t first = gpa.value() >> kPageShift;
+  const uint64_t last = (gpa.value() + len - 1) >> kPageShift;
+  uint64_t gfn = first;
+  while (true) {
+    // Skip to the end of the RAM range holding gfn (few ranges: no per-page loop).
+    bool found = false;
+    for (const Range& r : layout_) {
+      if (gfn - r.first_gfn < r.num_frames) {
+        const uint64_t range_last = r.first_gfn + r.num_frames - 1;
+        if (range_last >= last) return true;
+        gfn = range_last + 1;
+        found = true;
+        break;
+      }
+    }
+    if (!found) return false;
+  }
+}
+
+bool FrameTable::Prepare(Gpa gpa, uint64_t len, bool for_write) noexcept {
+  if (!IsRam(gpa, len)) return false;
+  if (len == 0) return true;
+  const uint64_t first = gpa.value() >> kPageShift;
+  const uint64_t last = (gpa.value() + len - 1) >> kPageShift;
+  for (uint64_t gfn = first; gfn <= last; ++gfn) {
+    if (!for_write) {
+      // Reads are served by HostPtrForRead from the frame or the zero page;
+      // only a Swapped page needs its contents back.
+      const GfnState state = Lookup(Gfn(gfn)).state();
+      if (state != GfnState::kSwapped) continue;
+    } else if (HostPage(gfn, true) != nullptr) {
+      continue;
+    }
+    if (MakeAvailable(gfn, for_write) != mmu::BackingStatus::kReady) return false;
+  }
+  return true;
+}
+
+const uint8_t* FrameTable::HostPtrForRead(Gpa gpa, uint64_t len) noexcept {
+  if (const uint8_t* p = HostPtr(gpa, len)) return p;
+  // Guest input: only a range inside one page is served below; the page is
+  // bound-checked by IndexOf and the offset stays inside it.
+  if (len > UINT64_MAX - gpa.value()) return nullptr;
+  if (len > 0 && ((gpa.value() + len - 1) >> kPageShift) != (gpa.value() >> kPageShift)) return nullptr;
+  const uint64_t index = IndexOf(gpa.value() >> kPageShift);
+  if (index == kNoIndex) return nullptr;
+  const GfnEntry e(entries_[index].load(std::memory_order_acquire));
+  switch (e.state()) {
+    case GfnState::kPresent:
+    case GfnState::kShared:
+      return pool_->HostPtr(e.hfn()) + base::PageOffset(gpa);
+    case GfnState::kZero:
+    case GfnState::kUnbacked:
+    case GfnState::kBallooned:
+      return kZeroPage + base::PageOffset(gpa);
+    default:
+      return nullptr;
+  }
+}
+
+// --- mmu::GuestPhysMemory ------------------------------------------------------
+
+uint8_t* FrameTable::HostPage(uint64_t gfn, bool for_write) noexcept {
+  // Guest input: the gfn comes from guest tables; IndexOf bound-checks it.
+  const uint64_t index = IndexOf(gfn);
+  if (index == kNoIndex) return nullptr;
+  const GfnEntry e(entries_[index].load(std::memory_order_acquire));
+  switch (e.state()) {
+    case GfnState::kPresent: return pool_->HostPtr(e.hfn());
+    case GfnState::kShared: return for_write ? nullptr : pool_->HostPtr(e.hfn());
+    default: return nullptr;
+  }
+}
+
+mmu::BackingStatus FrameTable::MakeAvailable(uint64_t gfn, bool for_write) noexcept {
+  // Guest input: the gfn comes from guest tables; IndexOf bound-checks it.
+  const uint64_t index = IndexOf(gfn);
+  if (index == kNoIndex) return mmu::BackingStatus::kNotRam;
+  absl::MutexLock lock(&mu_);
+  // Decided under the verb mutex: no verb can change the state in between.
+  const GfnEntry e(entries_[index].load(std::memory_order_relaxed));
+  absl::Status status;
+  switch (e.state()) {
+    case GfnState::kPresent:
+      return mmu::BackingStatus::kReady;
+    case GfnState::kShared:
+      if (!for_write) return mmu::BackingStatus::kReady;
+      status = BreakShareLocked(Gfn(gfn), index).status();
+      if (status.ok()) counters_.Inc(FrameTableCounters::kMakeAvailableCowBreaks);
+      break;
+    case GfnState::kUnbacked:
+    case GfnState::kZero:
+    case GfnState::kBallooned:
+      status = PopulateLocked(Gfn(gfn), 1, index);
+      if (status.ok()) {
+        // Ballooned pages touched again are zero-filled, as QEMU/Linux behave
+        // (the frame was punched when the page was ballooned).
+        counters_.Inc(e.state() == GfnState::kBallooned ? FrameTableCounters::kBalloonedTouched
+                                                       : FrameTableCounters::kMakeAvailablePopulated);
+      }
+      break;
+    case GfnState::kSwapped:
+      // Restoring needs the swap store (the swap issue wires it in and
+      // Restores here). Until then a swapped page cannot be made available.
+      counters_.Inc(FrameTableCounters::kSwapInUnavailable);
+      status = absl::UnavailableError(absl::StrCat("gfn ", GfnText(Gfn(gfn)),
+                                                   " is swapped out and no swap store is attached"));
+      break;
+    case GfnState::kNotRam:
+      return mmu::BackingStatus::kNotRam;
+  }
+  if (status.ok()) return mmu::BackingStatus::kReady;
+  counters_.Inc(FrameTableCounters::kMakeAvailableFailed);
+  LOG(ERROR) << "vm '" << vm_name_ << "': MakeAvailable(" << (for_write ? "write" : "read") << "): " << status;
+  return mmu::BackingStatus::kFailed;
 }
 
 // --- Helpers -------------------------------------------------------------------
@@ -250,6 +376,10 @@ void FrameTable::PunchRuns(const std::vector<Extent>& punch) {
 absl::Status FrameTable::Populate(Gfn first, uint64_t count) {
   ASSIGN_OR_RETURN(const uint64_t index, CheckRange(first, count, "Populate"));
   absl::MutexLock lock(&mu_);
+  return PopulateLocked(first, count, index);
+}
+
+absl::Status FrameTable::PopulateLocked(Gfn first, uint64_t count, uint64_t index) {
   uint64_t changes = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const GfnEntry e(entries_[index + i].load(std::memory_order_relaxed));
@@ -264,6 +394,7 @@ absl::Status FrameTable::Populate(Gfn first, uint64_t count) {
     }
   }
   if (changes == 0) return absl::OkStatus();
+  BackingChange change(this);
   InvalidateLocked(first, count, InvalidationReason::kPopulate);
   for (uint64_t i = 0; i < count; ++i) {
     const GfnEntry e(entries_[index + i].load(std::memory_order_relaxed));
@@ -291,6 +422,7 @@ absl::Status FrameTable::Discard(Gfn first, uint64_t count, DiscardTo to) {
     if (e.state() != target) ++changes;
   }
   if (changes == 0) return absl::OkStatus();
+  BackingChange change(this);
   InvalidateLocked(first, count, InvalidationReason::kDiscard);
   std::vector<Extent> punch;
   for (uint64_t i = 0; i < count; ++i) {
@@ -325,6 +457,7 @@ absl::Status FrameTable::ShareReadOnly(Gfn gfn, Hfn shared_hfn) {
   }
   // Listeners first: once they return no writable translation of the gfn
   // exists, so the comparison below sees the final contents.
+  BackingChange change(this);
   InvalidateLocked(gfn, 1, InvalidationReason::kShare);
   if (std::memcmp(pool_->HostPtr(e.hfn()), pool_->HostPtr(shared_hfn), kPageSize) != 0) {
     counters_.Inc(FrameTableCounters::kShareMismatches);
@@ -342,6 +475,10 @@ absl::Status FrameTable::ShareReadOnly(Gfn gfn, Hfn shared_hfn) {
 absl::StatusOr<Hfn> FrameTable::BreakShare(Gfn gfn) {
   ASSIGN_OR_RETURN(const uint64_t index, CheckRange(gfn, 1, "BreakShare"));
   absl::MutexLock lock(&mu_);
+  return BreakShareLocked(gfn, index);
+}
+
+absl::StatusOr<Hfn> FrameTable::BreakShareLocked(Gfn gfn, uint64_t index) {
   const GfnEntry e(entries_[index].load(std::memory_order_relaxed));
   if (e.state() != GfnState::kShared) {
     return absl::FailedPreconditionError(
@@ -351,6 +488,7 @@ absl::StatusOr<Hfn> FrameTable::BreakShare(Gfn gfn) {
   // punched when the gfn was shared), so it can be filled before the switch.
   const Hfn home = home_.first + index;
   std::memcpy(pool_->HostPtr(home), pool_->HostPtr(e.hfn()), kPageSize);
+  BackingChange change(this);
   InvalidateLocked(gfn, 1, InvalidationReason::kBreakShare);
   SetStateLocked(index, GfnState::kPresent, home.value());
   std::vector<Extent> punch;
@@ -372,6 +510,7 @@ absl::Status FrameTable::Evict(Gfn gfn, uint64_t swap_slot,
         absl::StrCat("Evict of ", GfnText(gfn), " which is ",
                      e.has_flag(kGfnPinned) ? "pinned" : GfnStateName(e.state())));
   }
+  BackingChange change(this);
   InvalidateLocked(gfn, 1, InvalidationReason::kEvict);
   TRY(save(pool_->HostPtr(e.hfn())));
   SetStateLocked(index, GfnState::kSwapped, swap_slot);
@@ -394,6 +533,7 @@ absl::Status FrameTable::Restore(Gfn gfn, Hfn hfn) {
     return absl::FailedPreconditionError(
         absl::StrCat("Restore of ", GfnText(gfn), " which is ", GfnStateName(e.state())));
   }
+  BackingChange change(this);
   InvalidateLocked(gfn, 1, InvalidationReason::kRestore);
   SetStateLocked(index, GfnState::kPresent, hfn.value());
   counters_.Inc(FrameTableCounters::kRestored);
@@ -425,7 +565,10 @@ absl::Status FrameTable::Harvest(Gfn first, uint64_t count, std::vector<uint8_t>
     const GfnEntry old(entries_[index + i].fetch_and(~kBits, std::memory_order_acq_rel));
     (*out)[i] = static_cast<uint8_t>((old.accessed() ? kHarvestAccessed : 0) | (old.dirty() ? kHarvestDirty : 0));
   }
-  // After clearing, not before: see the header.
+  // After clearing, not before: see the header. The seqlock moves as for a
+  // backing change: a translation that raced with it is retried (and so
+  // noted again), as with FakeGuestPhysMemory::Harvest.
+  BackingChange change(this);
   InvalidateLocked(first, count, InvalidationReason::kHarvest);
   counters_.Inc(FrameTableCounters::kHarvests);
   return absl::OkStatus();

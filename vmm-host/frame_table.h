@@ -33,6 +33,17 @@
 // stays reserved for the gfn); releasing a single frame drops the reference.
 // Every backing change resets the gfn's accessed/dirty bits.
 //
+// mmu::GuestPhysMemory. FrameTable also is the VM's mmu::GuestPhysMemory
+// (multiple inheritance beside GuestMemory: one object, two interfaces, no
+// adapter to keep alive): HostPage, MakeAvailable, NoteAccess and
+// BackingSeq serve the soft CPU's paging strategies. BackingSeq is a
+// seqlock counter: every verb that calls the listeners (Populate, Discard,
+// ShareReadOnly, BreakShare, Evict, Restore, Harvest) makes it odd before the
+// listeners run and even again once the new state is stored (and the old
+// frame released), so a strategy's lock-free Translate can tell that its
+// answer may be stale (mmu/paging_strategy.h, "Cross-thread invalidation
+// protocol"). Listeners that serve vCPUs: vmm-host/strategy_listener.h.
+//
 // Under KVM the guest reaches RAM through the memslot mapping whatever the
 // table says; the table records what backs it, and the KVM listener (a later
 // issue) makes the mapping agree (remap, MADV_DONTNEED, userfaultfd WP).
@@ -40,9 +51,10 @@
 // Thread safety: the verbs (Populate, Discard, ShareReadOnly, BreakShare,
 // Evict, Restore, SetFlags, Harvest, listener registration) may be called from
 // any thread (a VMM control thread, a policy thread) and are serialised by an
-// internal mutex, which is held while listeners run. Lookup, Translate,
-// TranslateForRead, HostPtr and NoteAccess are lock-free and may be called
-// from vCPU threads at any time; they see each gfn's state before or after a
+// internal mutex, which is held while listeners run (MakeAvailable and
+// GuestMemory::Prepare take it too). Lookup, Translate, TranslateForRead,
+// HostPtr, HostPtrForRead, HostPage, BackingSeq and NoteAccess are lock-free
+// and may be called from vCPU threads at any time; they see each gfn's state before or after a
 // verb's change, never a torn one. A pointer from Translate/HostPtr stays
 // usable until a listener is told to invalidate its gfn: the listener must not
 // return while a vCPU may still use an old translation (kick and wait).
@@ -61,6 +73,7 @@
 #include "absl/synchronization/mutex.h"
 #include "base/addr.h"
 #include "base/counters.h"
+#include "mmu/paging_strategy.h"
 #include "vmm-host/frame_pool.h"
 #include "vmm-host/guest_memory.h"
 #include "vmm-host/memory_layout.h"  // RamRange
@@ -177,11 +190,16 @@ class InvalidationListener {
   X(Restored, restored)                                                   \
   X(Invalidations, invalidations)  /* invalidation batches issued */      \
   X(InvalidatedGfns, invalidated_gfns)                                    \
-  X(Harvests, harvests)
+  X(Harvests, harvests)                                                   \
+  X(MakeAvailablePopulated, make_available_populated) /* Unbacked/Zero gfns populated on demand */ \
+  X(MakeAvailableCowBreaks, make_available_cow_breaks) /* shares broken on demand (writes) */ \
+  X(BalloonedTouched, ballooned_touched) /* ballooned gfns touched again: populated zero-filled */ \
+  X(SwapInUnavailable, swap_in_unavailable) /* MakeAvailable of a Swapped gfn: no swap store yet */ \
+  X(MakeAvailableFailed, make_available_failed) /* every kFailed answer (includes the above) */
 
 BASE_DEFINE_COUNTERS(FrameTableCounters, VMM_FRAME_TABLE_COUNTERS);
 
-class FrameTable final : public GuestMemory {
+class FrameTable final : public GuestMemory, public mmu::GuestPhysMemory {
  public:
   struct Options {
     std::string vm_name;               // for messages
@@ -220,14 +238,53 @@ class FrameTable final : public GuestMemory {
   // (writing a Shared frame would change every sharer), else nullptr.
   const uint8_t* TranslateForRead(base::Gfn gfn) const noexcept;
   // Records an access by the strategy or backend that translated it (soft
-  // TLB fill, shadow/EPT A/D, KVM dirty log). Ignored outside RAM.
-  void NoteAccess(base::Gfn gfn, bool write) noexcept;
+  // TLB fill, shadow/EPT A/D, KVM dirty log). Ignored outside RAM. The
+  // uint64_t form is mmu::GuestPhysMemory's.
+  void NoteAccess(base::Gfn gfn, bool write) noexcept { NoteAccess(gfn.value(), write); }
+  void NoteAccess(uint64_t gfn, bool write) noexcept override;
+
+  // --- mmu::GuestPhysMemory (the soft CPU's paging strategies) --------------
+  // Lock-free. Present -> its frame; Shared -> its frame for reads only
+  // (nullptr when for_write); Unbacked, Zero, Ballooned, Swapped and gfns
+  // outside RAM -> nullptr. Guest input: the gfn is bound-checked.
+  uint8_t* HostPage(uint64_t gfn, bool for_write) noexcept override;
+  // The slow path behind a nullptr from HostPage (takes the verb mutex and
+  // may run the listeners on the calling thread; the caller's vCPU must be
+  // quiescent, and it must not be called from a listener):
+  //   Present                  -> kReady
+  //   Shared, read             -> kReady
+  //   Shared, write            -> BreakShare, kReady
+  //   Unbacked, Zero           -> Populate (reads back zero), kReady
+  //   Ballooned                -> Populate, zero-filled, counted as
+  //                               ballooned_touched: ballooned pages touched
+  //                               again are zero-filled, as QEMU/Linux behave
+  //   Swapped                  -> kFailed, counted as swap_in_unavailable:
+  //                               restoring needs the swap store, which the
+  //                               swap issue wires in (it will Restore here)
+  //   outside RAM              -> kNotRam
+  //   a verb error (e.g. the host budget, once Populate charges) -> kFailed
+  // Every kFailed is counted (make_available_failed) and logged.
+  mmu::BackingStatus MakeAvailable(uint64_t gfn, bool for_write) noexcept override;
+  // The seqlock counter (see the top of this file). Acquire load.
+  uint64_t BackingSeq() const noexcept override {
+    return backing_seq_.load(std::memory_order_acquire);
+  }
 
   // GuestMemory: a pointer to [gpa, gpa + len) if it lies inside one RAM
   // range and every gfn it touches is Present on host frames that are
   // contiguous (always so for home frames), else nullptr. Shared, Zero,
-  // Swapped... pages give nullptr: the caller must populate/restore first.
+  // Swapped... pages give nullptr: callers that mean to access them use
+  // Read/Write, HostPtrForRead/HostPtrForWrite or Prepare (below).
   uint8_t* HostPtr(base::Gpa gpa, uint64_t len) noexcept override;
+  // GuestMemory with intent (guest_memory.h): IsRam is a pure bounds check
+  // (every page in some RAM range, whatever backs it); Prepare runs
+  // MakeAvailable on every page (for reads only Swapped pages need it: the
+  // others are readable through HostPtrForRead); HostPtrForRead answers
+  // like HostPtr, and also for a range inside one page that is Shared (its
+  // frame) or Zero/Unbacked/Ballooned (a static zero page, nothing populated).
+  bool IsRam(base::Gpa gpa, uint64_t len) noexcept override;
+  bool Prepare(base::Gpa gpa, uint64_t len, bool for_write) noexcept override;
+  const uint8_t* HostPtrForRead(base::Gpa gpa, uint64_t len) noexcept override;
   uint64_t ram_bytes() const noexcept override { return num_frames_ << base::kPageShift; }
 
   // --- Verbs (serialised; listeners first) -----------------------------------
@@ -326,6 +383,26 @@ class FrameTable final : public GuestMemory {
 
   void InvalidateLocked(base::Gfn first, uint64_t count, InvalidationReason reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The BackingSeq write side: odd from construction (before the listeners)
+  // to destruction (after the new state is stored). Under mu_.
+  class BackingChange {
+   public:
+    explicit BackingChange(FrameTable* table) : table_(table) {
+      table_->backing_seq_.fetch_add(1, std::memory_order_seq_cst);  // odd
+    }
+    ~BackingChange() { table_->backing_seq_.fetch_add(1, std::memory_order_seq_cst); }  // even
+    BackingChange(const BackingChange&) = delete;
+    BackingChange& operator=(const BackingChange&) = delete;
+
+   private:
+    FrameTable* const table_;
+  };
+  // The verbs' bodies, for the verbs and MakeAvailable (which decides under
+  // the same lock hold).
+  absl::Status PopulateLocked(base::Gfn first, uint64_t count, uint64_t index)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<base::Hfn> BreakShareLocked(base::Gfn gfn, uint64_t index)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stores a new state and payload, keeping the flags, clearing A/D.
   void SetStateLocked(uint64_t index, GfnState state, uint64_t payload) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops the table's hold on a gfn's old frame (after the listeners ran).
@@ -344,6 +421,9 @@ class FrameTable final : public GuestMemory {
   // One packed GfnEntry per RAM gfn. Written under mu_ (NoteAccess and
   // Harvest use atomic read-modify-writes on the A/D bits); read lock-free.
   std::unique_ptr<std::atomic<uint64_t>[]> entries_;
+
+  // BackingSeq's counter: written under mu_ (BackingChange), read lock-free.
+  std::atomic<uint64_t> backing_seq_{0};
 
   absl::Mutex mu_;
   std::vector<InvalidationListener*> listeners_ ABSL_GUARDED_BY(mu_);

@@ -12,8 +12,14 @@ void PvMemDevice::Read(uint64_t /*offset*/, uint8_t* data, uint32_t size) {
 
 uint8_t* PvMemDevice::Frame(uint64_t gfn) {
   // Guest input: the gfn comes from the guest; GuestMemory checks that the
-  // whole frame is RAM (and the shift cannot overflow for a 32-bit gfn).
-  return memory_.HostPtr(base::GpaOf(base::Gfn(gfn)), base::kPageSize);
+  // whole frame is RAM (and the shift cannot overflow for a 32-bit gfn). The
+  // frame is made writable (populated, or unshared) as a guest store would.
+  return memory_.HostPtrForWrite(base::GpaOf(base::Gfn(gfn)), base::kPageSize);
+}
+
+const uint8_t* PvMemDevice::SourceFrame(uint64_t gfn) {
+  // Guest input: as above; a read never populates (zero pages read as zero).
+  return memory_.HostPtrForRead(base::GpaOf(base::Gfn(gfn)), base::kPageSize);
 }
 
 void PvMemDevice::Write(uint64_t offset, const uint8_t* data, uint32_t size) {
@@ -36,13 +42,13 @@ void PvMemDevice::Write(uint64_t offset, const uint8_t* data, uint32_t size) {
       return;
     }
     case 4:
-      have_source_ = Frame(gfn) != nullptr;
+      have_source_ = SourceFrame(gfn) != nullptr;
       source_gfn_ = gfn;
       if (!have_source_) counters_.Inc(PvMemCounters::kBadGfn);
       return;
     case 8: {
       uint8_t* dst = Frame(gfn);
-      uint8_t* src = have_source_ ? Frame(source_gfn_) : nullptr;
+      const uint8_t* src = have_source_ ? SourceFrame(source_gfn_) : nullptr;
       if (dst == nullptr || src == nullptr) {
         counters_.Inc(PvMemCounters::kBadGfn);
         return;

@@ -47,6 +47,7 @@ class PvMemDevice final : public BusDevice {
 
  private:
   uint8_t* Frame(uint64_t gfn);
+  const uint8_t* SourceFrame(uint64_t gfn);
 
   GuestMemory& memory_;
   std::mutex mu_;

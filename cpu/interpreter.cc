@@ -1,0 +1,1042 @@
+#include "cpu/interpreter.h"
+
+#include <array>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "base/log.h"
+#include "cpu/alu.h"
+
+namespace cpu {
+
+using mmu::Access;
+using mmu::TranslateResult;
+
+namespace {
+
+constexpr uint32_t kMaxTranslateRetries = 16;
+constexpr uint32_t kMaxUnimplementedLogs = 16;
+
+uint64_t SignExtendDyn(uint64_t v, unsigned size) noexcept {
+  switch (size) {
+    case 1: return static_cast<uint64_t>(SignExtend<1>(v));
+    case 2: return static_cast<uint64_t>(SignExtend<2>(v));
+    case 4: return static_cast<uint64_t>(SignExtend<4>(v));
+    default: return v;
+  }
+}
+
+uint64_t MaskDyn(uint64_t v, unsigned size) noexcept {
+  return size >= 8 ? v : v & ((uint64_t{1} << (size * 8)) - 1);
+}
+
+size_t BlockIndex(uintptr_t host) noexcept {
+  // Fibonacci hashing of the instruction's host address.
+  return static_cast<size_t>((host * 0x9E3779B97F4A7C15ull) >> 54) & (Interpreter::kNumBlocks - 1);
+}
+
+}  // namespace
+
+Interpreter::Interpreter(CpuState* state, mmu::VcpuMmu* vcpu, mmu::PagingStrategy* strategy,
+                         CpuPlatform* platform)
+    : state_(*state),
+      vcpu_(*vcpu),
+      strategy_(*strategy),
+      platform_(platform),
+      blocks_(new Block[kNumBlocks]),
+      seen_flush_generation_(strategy->flush_generation()) {
+  static_assert((kNumBlocks & (kNumBlocks - 1)) == 0);
+}
+
+void Interpreter::FlushDecodeCache() noexcept {
+  counters_.Inc(InterpreterCounters::kCacheFlushes);
+  for (auto& [page, info] : pages_) {
+    ++info.generation;
+    info.has_code = false;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// CPUID. A fixed table describing the CPU this interpreter implements, and
+// nothing more (SDM Vol. 2 "CPUID"):
+//   0          max basic leaf 1; vendor "VMMSoftCPU64" (our own: guests must
+//              not take vendor-specific paths for a CPU that is neither).
+//   1          family 6 model 1 stepping 0; EDX: TSC, MSR, PAE, CX8, PGE, CMOV;
+//              ECX: hypervisor present (bit 31). No x87/SSE: the guest is built
+//              without them.
+//   80000000h  max extended leaf 80000008h.
+//   80000001h  EDX: SYSCALL, NX, Page1GB, RDTSCP, LM. ECX: LAHF/SAHF in 64-bit
+//              mode. No LZCNT/BMI1: F3 0F BC/BD run as BSF/BSR.
+//   80000008h  46 physical, 48 linear address bits.
+//   others     all zero.
+void Interpreter::Cpuid(uint32_t leaf, uint32_t /*subleaf*/, uint32_t out[4]) noexcept {
+  out[0] = out[1] = out[2] = out[3] = 0;
+  auto str = [](const char* s) {
+    uint32_t v;
+    std::memcpy(&v, s, 4);
+    return v;
+  };
+  switch (leaf) {
+    case 0:
+      out[0] = 1;
+      out[1] = str("VMMS");  // EBX, EDX, ECX spell the vendor
+      out[3] = str("oftC");
+      out[2] = str("PU64");
+      break;
+    case 1:
+      out[0] = 0x00000610;
+      out[2] = 1u << 31;
+      out[3] = (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 13) | (1u << 15);
+      break;
+    case 0x80000000: out[0] = 0x80000008; break;
+    case 0x80000001:
+      out[2] = 1u << 0;
+      out[3] = (1u << 11) | (1u << 20) | (1u << 26) | (1u << 27) | (1u << 29);
+      break;
+    case 0x80000008: out[0] = 46 | (48 << 8); break;
+    default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Faults.
+
+Interpreter::Flow Interpreter::RaiseException(uint8_t vector, bool has_error_code,
+                                              uint32_t error_code, uint64_t cr2) noexcept {
+  counters_.Inc(InterpreterCounters::kExceptions);
+  exception_ = {vector, has_error_code, error_code, cr2};
+  stop_ = StopReason::kException;
+  return Flow::kStop;
+}
+
+Interpreter::Flow Interpreter::Unimplemented(const DecodedInsn& in) noexcept {
+  counters_.Inc(InterpreterCounters::kUnimplemented);
+  counters_.Inc(InterpreterCounters::kUd);
+  if (unimplemented_logged_ < kMaxUnimplementedLogs) [[unlikely]] {
+    ++unimplemented_logged_;
+    // Re-read the bytes for the log: the decoded form does not keep them.
+    uint8_t bytes[kMaxInsnBytes] = {};
+    const unsigned n = in.length ? in.length : 1;
+    for (unsigned i = 0; i < n && i < kMaxInsnBytes; ++i) {
+      uint64_t b = 0;
+      const uint64_t gva = state_.rip + i;
+      const uint8_t* p = vcpu_.tlb->Lookup<Access::kFetch>(MmuIndex(), gva, 1);
+      uint8_t* page = nullptr;
+      uint64_t gpa = 0;
+      // Cold path: a miss (the entry may have been flushed since the fetch)
+      // translates again; a fault here only truncates the log.
+      if (p == nullptr && TranslateAccess(gva, Access::kFetch, &page, &gpa) == TranslateResult::kFixed) {
+        p = page + (gva & base::kPageMask);
+      }
+      if (p != nullptr) b = *p;
+      bytes[i] = static_cast<uint8_t>(b);
+    }
+    std::string hex;
+    for (unsigned i = 0; i < n && i < kMaxInsnBytes; ++i) absl::StrAppendFormat(&hex, "%02x ", bytes[i]);
+    LOG(WARNING) << absl::StrFormat("soft cpu: #UD for unimplemented %s at rip %#x: %s",
+                                    OpName(in.op), state_.rip, hex);
+  }
+  return RaiseException(kVectorUd);
+}
+
+// ---------------------------------------------------------------------------
+// Memory.
+
+mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
+                                                  uint8_t** host_page, uint64_t* gpa) noexcept {
+  counters_.Inc(InterpreterCounters::kTlbMisses);
+  mmu::AccessRequest req;
+  req.va = gva;
+  req.access = access;
+  req.cpl = state_.cpl;
+  req.rflags_ac = (state_.rflags_other & kFlagAc) != 0;
+  for (uint32_t attempt = 0;; ++attempt) {
+    mmu::TranslateOutcome out;
+    const TranslateResult r = strategy_.Translate(vcpu_, req, &out);
+    if ((r == TranslateResult::kRetry || r == TranslateResult::kSpurious) &&
+        attempt < kMaxTranslateRetries) {
+      continue;
+    }
+    if (r == TranslateResult::kFixed) {
+      *host_page = out.host_page;
+      *gpa = out.gpa;
+      // The SMC rule: a page with decoded code never gets a writable TLB entry.
+      if (out.filled && out.perms.write) {
+        auto it = pages_.find(reinterpret_cast<uintptr_t>(out.host_page));
+        if (it != pages_.end() && it->second.has_code) {
+          mmu::SoftTlb::Perms p = out.perms;
+          p.write = false;
+          vcpu_.tlb->Fill(out.mmu_idx, gva, out.host_page, p, out.page_size_bytes);
+        }
+      }
+    } else if (r == TranslateResult::kMmio) {
+      *gpa = out.gpa;
+    } else if (r == TranslateResult::kInjectGuestFault) {
+      // #PF carries an error code and CR2; #GP(0) for a non-canonical address.
+      RaiseException(out.vector, true, out.error_code, out.vector == kVectorPf ? out.cr2 : 0);
+    } else if (r == TranslateResult::kHostError) {
+      stop_ = StopReason::kHostError;
+    }
+    return r;
+  }
+}
+
+void Interpreter::NoteCodeWrite(uint8_t* host_page) noexcept {
+  auto it = pages_.find(reinterpret_cast<uintptr_t>(host_page));
+  if (it == pages_.end() || !it->second.has_code) return;
+  counters_.Inc(InterpreterCounters::kSmcInvalidations);
+  ++it->second.generation;
+  it->second.has_code = false;
+  block_dirty_ = true;
+}
+
+bool Interpreter::AccessPage(uint64_t gva, unsigned size, Access access, uint64_t* value) noexcept {
+  uint8_t* host_page = nullptr;
+  uint64_t gpa = 0;
+  const TranslateResult r = TranslateAccess(gva, access, &host_page, &gpa);
+  if (r == TranslateResult::kFixed) {
+    uint8_t* p = host_page + (gva & base::kPageMask);
+    if (access == Access::kWrite) {
+      NoteCodeWrite(host_page);
+      std::memcpy(p, value, size);
+    } else {
+      std::memcpy(value, p, size);
+    }
+    return true;
+  }
+  if (r == TranslateResult::kMmio) {
+    counters_.Inc(InterpreterCounters::kMmio);
+    if (access == Access::kWrite) {
+      if (platform_ != nullptr) platform_->MmioWrite(gpa, static_cast<uint8_t>(size), *value);
+    } else {
+      uint64_t v = ~uint64_t{0};
+      if (platform_ == nullptr || !platform_->MmioRead(gpa, static_cast<uint8_t>(size), &v)) {
+        v = ~uint64_t{0};
+      }
+      *value = MaskDyn(v, size);
+    }
+    return true;
+  }
+  if (r == TranslateResult::kRetry || r == TranslateResult::kSpurious) {
+    // Still unresolved after the retries: treat like a host error rather than
+    // spinning forever inside one instruction.
+    stop_ = StopReason::kHostError;
+  }
+  return false;
+}
+
+bool Interpreter::ReadSlow(uint64_t gva, unsigned size, uint64_t* value) noexcept {
+  const uint64_t in_page = base::kPageSize - (gva & base::kPageMask);
+  *value = 0;
+  if (size <= in_page) return AccessPage(gva, size, Access::kRead, value);
+  // Page-crossing read: two accesses, each checked on its own page (SDM
+  // Vol. 3A §4.7: a fault on either page faults the whole access).
+  uint64_t lo = 0, hi = 0;
+  const unsigned n1 = static_cast<unsigned>(in_page);
+  if (!Read(gva, n1, &lo) || !Read(gva + n1, size - n1, &hi)) return false;
+  *value = lo | (hi << (n1 * 8));
+  return true;
+}
+
+bool Interpreter::WriteSlow(uint64_t gva, unsigned size, uint64_t value) noexcept {
+  const uint64_t in_page = base::kPageSize - (gva & base::kPageMask);
+  if (size <= in_page) return AccessPage(gva, size, Access::kWrite, &value);
+  // Page-crossing write: probe both pages for write before storing anything,
+  // so a fault on the second page leaves memory unchanged.
+  const unsigned n1 = static_cast<unsigned>(in_page);
+  uint8_t* hp = nullptr;
+  uint64_t gpa = 0;
+  if (vcpu_.tlb->Lookup<Access::kWrite>(MmuIndex(), gva + n1, 1) == nullptr) {
+    const TranslateResult r = TranslateAccess(gva + n1, Access::kWrite, &hp, &gpa);
+    if (r != TranslateResult::kFixed && r != TranslateResult::kMmio) return false;
+  }
+  return Write(gva, n1, value) && Write(gva + n1, size - n1, value >> (n1 * 8));
+}
+
+uint64_t Interpreter::LeaAddress(const DecodedInsn& in) const noexcept {
+  const MemOperand& m = in.mem;
+  if (m.base == kBaseAbs64) return static_cast<uint64_t>(in.imm);
+  uint64_t ea = static_cast<uint64_t>(static_cast<int64_t>(m.disp));
+  if (m.base == kBaseRip) {
+    ea += in.NextRip(state_.rip);
+  } else if (m.base != kRegNone) {
+    ea += state_.gpr[m.base];
+  }
+  if (m.index != kRegNone) ea += state_.gpr[m.index] << m.scale_log2;
+  if (in.address_size == 4) ea &= 0xffff'ffff;
+  return ea;
+}
+
+uint64_t Interpreter::EffectiveAddress(const DecodedInsn& in) const noexcept {
+  uint64_t ea = LeaAddress(in);
+  // Only FS and GS add a base in 64-bit mode (SDM Vol. 1 §3.4.2.1).
+  if (in.segment == Segment::kFs) [[unlikely]] {
+    ea += state_.seg[kFs].base;
+  } else if (in.segment == Segment::kGs) [[unlikely]] {
+    ea += state_.seg[kGs].base;
+  }
+  return ea;
+}
+
+bool Interpreter::ReadOperand(const DecodedInsn& in, const Operand& op, unsigned size,
+                              uint64_t* v) noexcept {
+  switch (op.kind) {
+    case OperandKind::kReg: *v = state_.ReadReg(op.reg, size); return true;
+    case OperandKind::kImm: *v = MaskDyn(static_cast<uint64_t>(in.imm), size); return true;
+    case OperandKind::kMem: return Read(EffectiveAddress(in), size, v);
+    default: *v = 0; return true;
+  }
+}
+
+bool Interpreter::WriteOperand(const DecodedInsn& in, const Operand& op, unsigned size,
+                               uint64_t v) noexcept {
+  if (op.kind == OperandKind::kReg) [[likely]] {
+    state_.WriteReg(op.reg, size, v);
+    return true;
+  }
+  if (op.kind == OperandKind::kMem) return Write(EffectiveAddress(in), size, v);
+  return true;
+}
+
+bool Interpreter::Push(unsigned size, uint64_t v) noexcept {
+  const uint64_t rsp = state_.gpr[kRegRsp] - size;
+  if (!Write(rsp, size, v)) return false;
+  state_.gpr[kRegRsp] = rsp;
+  return true;
+}
+
+bool Interpreter::Pop(unsigned size, uint64_t* v) noexcept {
+  if (!Read(state_.gpr[kRegRsp], size, v)) return false;
+  state_.gpr[kRegRsp] += size;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Fetch and decode.
+
+uint8_t* Interpreter::TranslateFetch(uint64_t gva) noexcept {
+  uint8_t* host_page = nullptr;
+  uint64_t gpa = 0;
+  const TranslateResult r = TranslateAccess(gva, Access::kFetch, &host_page, &gpa);
+  if (r == TranslateResult::kFixed) return host_page + (gva & base::kPageMask);
+  if (r == TranslateResult::kMmio) {
+    // Executing from MMIO is not supported: treat it as fetching bytes that
+    // do not decode (#UD), counted.
+    counters_.Inc(InterpreterCounters::kUd);
+    RaiseException(kVectorUd);
+  } else if (r == TranslateResult::kRetry || r == TranslateResult::kSpurious) {
+    stop_ = StopReason::kHostError;
+  }
+  return nullptr;
+}
+
+const Interpreter::Block* Interpreter::LookupBlock(uint8_t* host) noexcept {
+  const uintptr_t key = reinterpret_cast<uintptr_t>(host);
+  Block& b = blocks_[BlockIndex(key)];
+  if (b.tag == key && b.generation == b.page->generation) [[likely]] {
+    ++local_block_hits_;
+    return &b;
+  }
+  return DecodeInto(b, key);
+}
+
+const Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
+  counters_.Inc(InterpreterCounters::kBlockCacheMisses);
+  const uintptr_t page_key = key & ~static_cast<uintptr_t>(base::kPageMask);
+  PageInfo& page = pages_[page_key];  // allocates only for a new code page
+  if (!page.has_code) {
+    page.has_code = true;
+    // Every writable TLB entry for this page must go (see the header): flush
+    // all, O(1). Later fills of the page are made read-only by TranslateAccess.
+    vcpu_.tlb->FlushAll();
+  }
+  const uint32_t offset = static_cast<uint32_t>(key & base::kPageMask);
+  const DecodedBlock d =
+      DecodeBlock(reinterpret_cast<const uint8_t*>(page_key), offset, b.insns, kMaxBlockInsns);
+  counters_.Inc(InterpreterCounters::kBlocksDecoded);
+  if (d.num_insns == 0) {
+    // The first instruction straddles the page end: the caller decodes it
+    // singly. Leave the slot empty.
+    b.tag = 0;
+    return nullptr;
+  }
+  b.tag = key;
+  b.page = &page;
+  b.generation = page.generation;
+  b.num_insns = d.num_insns;
+  for (uint32_t i = 0; i < d.num_insns; ++i) b.handlers[i] = ResolveHandler(b.insns[i]);
+  return &b;
+}
+
+bool Interpreter::FetchAndDecodeCrossPage(DecodedInsn* out) noexcept {
+  counters_.Inc(InterpreterCounters::kCrossPageInsns);
+  uint8_t buf[kMaxInsnBytes] = {};
+  const uint64_t rip = state_.rip;
+  const unsigned n1 = static_cast<unsigned>(base::kPageSize - (rip & base::kPageMask));
+  const uint8_t* p1 = vcpu_.tlb->Lookup<Access::kFetch>(MmuIndex(), rip, 1);
+  if (p1 == nullptr && (p1 = TranslateFetch(rip)) == nullptr) return false;
+  const unsigned first = n1 < kMaxInsnBytes ? n1 : static_cast<unsigned>(kMaxInsnBytes);
+  std::memcpy(buf, p1, first);
+  DecodeStatus s = Decode(buf, first, out);
+  if (s == DecodeStatus::kNeedMoreBytes) {
+    // Only now fetch from the next page: an instruction that ends on this
+    // page must not fault on the next one.
+    const uint64_t next = rip + n1;
+    const uint8_t* p2 = vcpu_.tlb->Lookup<Access::kFetch>(MmuIndex(), next, 1);
+    if (p2 == nullptr && (p2 = TranslateFetch(next)) == nullptr) return false;
+    std::memcpy(buf + first, p2, kMaxInsnBytes - first);
+    s = Decode(buf, kMaxInsnBytes, out);
+  }
+  if (s == DecodeStatus::kTooLong) {
+    RaiseException(kVectorGp, true, 0);
+    return false;
+  }
+  return true;  // kInvalid arrives as Op::kInvalid and raises #UD when executed
+}
+
+// ---------------------------------------------------------------------------
+// The loop.
+
+RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
+  RunResult result;
+  stop_ = StopReason::kBudget;
+  uint64_t retired = 0;
+  const uint64_t start_count = state_.instructions;
+  while (retired < max_instructions) {
+    // The TSC (RDTSC) reads state_.instructions: keep it current at block
+    // granularity.
+    state_.instructions = start_count + retired;
+    // Apply posted soft-TLB flushes; a moved generation may mean host frames
+    // were reused, so decoded blocks keyed by host address go too.
+    strategy_.SyncInvalidations(vcpu_);
+    const uint64_t gen = strategy_.flush_generation();
+    if (gen != seen_flush_generation_) [[unlikely]] {
+      seen_flush_generation_ = gen;
+      FlushDecodeCache();
+    }
+
+    uint8_t* host = vcpu_.tlb->Lookup<Access::kFetch>(MmuIndex(), state_.rip, 1);
+    if (host == nullptr && (host = TranslateFetch(state_.rip)) == nullptr) break;
+    const Block* block = LookupBlock(host);
+    if (block == nullptr) [[unlikely]] {
+      DecodedInsn single;
+      if (!FetchAndDecodeCrossPage(&single)) break;
+      next_rip_ = single.NextRip(state_.rip);
+      if (Execute(single) == Flow::kStop) {
+        if (stop_ == StopReason::kHalt) ++retired;
+        break;
+      }
+      state_.rip = next_rip_;
+      ++retired;
+      continue;
+    }
+    const uint64_t budget = max_instructions - retired;
+    const uint32_t n = block->num_insns < budget ? block->num_insns : static_cast<uint32_t>(budget);
+    block_dirty_ = false;
+    bool stopped = false;
+    for (uint32_t i = 0; i < n; ++i) {
+      const DecodedInsn& in = block->insns[i];
+      next_rip_ = in.NextRip(state_.rip);
+      if (block->handlers[i](this, in) == Flow::kStop) [[unlikely]] {
+        if (stop_ == StopReason::kHalt) ++retired;
+        stopped = true;
+        break;
+      }
+      state_.rip = next_rip_;
+      ++retired;
+      // A store into this block's page: the rest of the block may be stale.
+      if (block_dirty_) [[unlikely]] break;
+    }
+    if (stopped) break;
+  }
+  state_.instructions = start_count + retired;
+  counters_.Add(InterpreterCounters::kInstructions, retired);
+  counters_.Add(InterpreterCounters::kBlockCacheHits, local_block_hits_);
+  local_block_hits_ = 0;
+  result.reason = stop_;
+  result.instructions = retired;
+  if (stop_ == StopReason::kException) result.exception = exception_;
+  return result;
+}
+
+
+// ---------------------------------------------------------------------------
+// Handlers. kSize is the operand size; each case follows the SDM Vol. 2 page
+// of its instruction. Faulting instructions leave registers, flags and rip
+// unchanged (memory writes come before register writes where both happen).
+
+template <int kSize, Op kOp>
+Interpreter::Flow Interpreter::ExecuteOp(const DecodedInsn& in) noexcept {
+  LazyFlags* const f = &state_.flags;
+  uint64_t a = 0, b = 0;
+  LazyFlags nf;
+
+#define RD(opnd, var) \
+  if (!ReadOperand(in, in.opnd, kSize, &var)) return Flow::kStop
+#define WR(opnd, val) \
+  if (!WriteOperand(in, in.opnd, kSize, val)) return Flow::kStop
+// Two-operand ALU op: flags committed only once the write succeeded.
+// A register destination cannot fault, so it skips the flags copy.
+#define ALU2(name, fn)                                                \
+  case Op::k##name:                                                   \
+    RD(src, b);                                                       \
+    if (in.dst.kind == OperandKind::kReg) [[likely]] {                \
+      a = fn<kSize>(f, state_.ReadReg(in.dst.reg, kSize), b);         \
+      state_.WriteReg(in.dst.reg, kSize, a);                          \
+      return Flow::kNext;                                             \
+    }                                                                 \
+    RD(dst, a);                                                       \
+    nf = *f;                                                          \
+    a = fn<kSize>(&nf, a, b);                                         \
+    WR(dst, a);                                                       \
+    *f = nf;                                                          \
+    return Flow::kNext;
+#define SHIFT(name, fn)                                               \
+  case Op::k##name:                                                   \
+    if (!ReadOperand(in, in.src, 1, &b)) return Flow::kStop;          \
+    if (in.dst.kind == OperandKind::kReg) [[likely]] {                \
+      a = fn<kSize>(f, state_.ReadReg(in.dst.reg, kSize), b);         \
+      state_.WriteReg(in.dst.reg, kSize, a);                          \
+      return Flow::kNext;                                             \
+    }                                                                 \
+    RD(dst, a);                                                       \
+    nf = *f;                                                          \
+    a = fn<kSize>(&nf, a, b);                                         \
+    WR(dst, a);                                                       \
+    *f = nf;                                                          \
+    return Flow::kNext;
+
+  switch (kOp) {
+    ALU2(Add, Add)
+    ALU2(Or, Or)
+    ALU2(Adc, Adc)
+    ALU2(Sbb, Sbb)
+    ALU2(And, And)
+    ALU2(Sub, Sub)
+    ALU2(Xor, Xor)
+    case Op::kCmp:
+      RD(dst, a);
+      RD(src, b);
+      Cmp<kSize>(f, a, b);
+      return Flow::kNext;
+    case Op::kTest:
+      RD(dst, a);
+      RD(src, b);
+      Test<kSize>(f, a, b);
+      return Flow::kNext;
+    case Op::kInc:
+      RD(dst, a);
+      nf = *f;
+      a = Inc<kSize>(&nf, a);
+      WR(dst, a);
+      *f = nf;
+      return Flow::kNext;
+    case Op::kDec:
+      RD(dst, a);
+      nf = *f;
+      a = Dec<kSize>(&nf, a);
+      WR(dst, a);
+      *f = nf;
+      return Flow::kNext;
+    case Op::kNeg:
+      RD(dst, a);
+      nf = *f;
+      a = Neg<kSize>(&nf, a);
+      WR(dst, a);
+      *f = nf;
+      return Flow::kNext;
+    case Op::kNot:
+      RD(dst, a);
+      WR(dst, Not<kSize>(a));
+      return Flow::kNext;
+
+    case Op::kMul:
+    case Op::kImul1: {
+      RD(src, b);
+      const MulResult r = kOp == Op::kMul ? Mul<kSize>(f, state_.gpr[kRegRax], b)
+                                            : Imul<kSize>(f, state_.gpr[kRegRax], b);
+      if constexpr (kSize == 1) {
+        state_.WriteReg(kRegRax, 2, (r.high << 8) | r.low);
+      } else {
+        state_.WriteReg(kRegRax, kSize, r.low);
+        state_.WriteReg(kRegRdx, kSize, r.high);
+      }
+      return Flow::kNext;
+    }
+    case Op::kDiv:
+    case Op::kIdiv: {
+      RD(src, b);
+      uint64_t high, low;
+      if constexpr (kSize == 1) {
+        high = (state_.gpr[kRegRax] >> 8) & 0xff;
+        low = state_.gpr[kRegRax] & 0xff;
+      } else {
+        high = state_.gpr[kRegRdx];
+        low = state_.gpr[kRegRax];
+      }
+      const DivResult r = kOp == Op::kDiv ? Div<kSize>(high, low, b) : Idiv<kSize>(high, low, b);
+      if (r.status != AluStatus::kOk) return RaiseException(kVectorDe);
+      if constexpr (kSize == 1) {
+        state_.WriteReg(kRegRax, 2, (r.remainder << 8) | r.quotient);
+      } else {
+        state_.WriteReg(kRegRax, kSize, r.quotient);
+        state_.WriteReg(kRegRdx, kSize, r.remainder);
+      }
+      return Flow::kNext;
+    }
+    case Op::kImul2:
+      RD(dst, a);
+      RD(src, b);
+      state_.WriteReg(in.dst.reg, kSize, ImulTruncated<kSize>(f, a, b));
+      return Flow::kNext;
+    case Op::kImul3:
+      RD(src, a);
+      RD(src2, b);
+      state_.WriteReg(in.dst.reg, kSize, ImulTruncated<kSize>(f, a, b));
+      return Flow::kNext;
+
+    SHIFT(Rol, Rol)
+    SHIFT(Ror, Ror)
+    SHIFT(Rcl, Rcl)
+    SHIFT(Rcr, Rcr)
+    SHIFT(Shl, Shl)
+    SHIFT(Shr, Shr)
+    SHIFT(Sar, Sar)
+    case Op::kShld:
+    case Op::kShrd: {
+      uint64_t count = 0;
+      RD(dst, a);
+      RD(src, b);
+      if (!ReadOperand(in, in.src2, 1, &count)) return Flow::kStop;
+      nf = *f;
+      a = kOp == Op::kShld ? Shld<kSize>(&nf, a, b, count) : Shrd<kSize>(&nf, a, b, count);
+      WR(dst, a);
+      *f = nf;
+      return Flow::kNext;
+    }
+
+    case Op::kBt:
+    case Op::kBts:
+    case Op::kBtr:
+    case Op::kBtc:
+      if constexpr (kSize >= 2) {
+        RD(src, b);
+        uint64_t addr = 0;
+        if (in.dst.kind == OperandKind::kMem) {
+          addr = EffectiveAddress(in);
+          // A register bit offset may address outside the operand (SDM "BT").
+          if (in.src.kind == OperandKind::kReg) addr += BitBaseDisplacement<kSize>(b);
+          if (!Read(addr, kSize, &a)) return Flow::kStop;
+        } else {
+          a = state_.ReadReg(in.dst.reg, kSize);
+        }
+        nf = *f;
+        switch (kOp) {
+          case Op::kBt: Bt<kSize>(f, a, b); return Flow::kNext;
+          case Op::kBts: a = Bts<kSize>(&nf, a, b); break;
+          case Op::kBtr: a = Btr<kSize>(&nf, a, b); break;
+          default: a = Btc<kSize>(&nf, a, b); break;
+        }
+        if (in.dst.kind == OperandKind::kMem) {
+          if (!Write(addr, kSize, a)) return Flow::kStop;
+        } else {
+          state_.WriteReg(in.dst.reg, kSize, a);
+        }
+        *f = nf;
+        return Flow::kNext;
+      }
+      return Unimplemented(in);
+    case Op::kBsf:
+    case Op::kBsr:
+      RD(src, b);
+      a = state_.ReadReg(in.dst.reg, kSize);
+      a = kOp == Op::kBsf ? Bsf<kSize>(f, a, b) : Bsr<kSize>(f, a, b);
+      // Zero source: the destination is not written at all (see alu.h).
+      if (Truncate<kSize>(b) != 0) state_.WriteReg(in.dst.reg, kSize, a);
+      return Flow::kNext;
+
+    case Op::kMov:
+      RD(src, b);
+      WR(dst, b);
+      return Flow::kNext;
+    case Op::kMovzx:
+    case Op::kMovsx:
+    case Op::kMovsxd:
+      if (!ReadOperand(in, in.src, in.src_size, &b)) return Flow::kStop;
+      if (kOp != Op::kMovzx) b = SignExtendDyn(b, in.src_size);
+      state_.WriteReg(in.dst.reg, kSize, b);
+      return Flow::kNext;
+    case Op::kLea:
+      state_.WriteReg(in.dst.reg, kSize, LeaAddress(in));
+      return Flow::kNext;
+    case Op::kXchg:
+    case Op::kXadd: {
+      RD(dst, a);
+      RD(src, b);
+      uint64_t to_dst = b;
+      nf = *f;
+      if (kOp == Op::kXadd) to_dst = Xadd<kSize>(&nf, a, b);
+      // The memory operand first, so a fault changes nothing. With both in
+      // registers and equal, DEST is written last and wins (SDM "XADD").
+      if (in.dst.kind == OperandKind::kMem) {
+        WR(dst, to_dst);
+        WR(src, a);
+      } else {
+        WR(src, a);
+        WR(dst, to_dst);
+      }
+      *f = nf;
+      return Flow::kNext;
+    }
+    case Op::kCmpxchg: {
+      RD(dst, a);
+      RD(src, b);
+      nf = *f;
+      const uint64_t acc = state_.ReadReg(kRegRax, kSize);
+      if (Cmpxchg<kSize>(&nf, acc, a)) {
+        WR(dst, b);
+      } else {
+        // A memory destination gets a write cycle of its old value.
+        if (in.dst.kind == OperandKind::kMem) WR(dst, a);
+        state_.WriteReg(kRegRax, kSize, a);
+      }
+      *f = nf;
+      return Flow::kNext;
+    }
+    case Op::kCmpxchg8b:
+      if constexpr (kSize == 8) {
+        const uint64_t addr = EffectiveAddress(in);
+        if (!Read(addr, 8, &a)) return Flow::kStop;
+        const uint64_t expected = (state_.gpr[kRegRdx] << 32) | (state_.gpr[kRegRax] & 0xffff'ffff);
+        if (a == expected) {
+          const uint64_t desired = (state_.gpr[1] << 32) | (state_.gpr[3] & 0xffff'ffff);  // ECX:EBX
+          if (!Write(addr, 8, desired)) return Flow::kStop;
+          UpdateFlags(f, kFlagZf, kFlagZf);
+        } else {
+          if (!Write(addr, 8, a)) return Flow::kStop;
+          state_.WriteReg(kRegRax, 4, a);
+          state_.WriteReg(kRegRdx, 4, a >> 32);
+          UpdateFlags(f, kFlagZf, 0);
+        }
+        return Flow::kNext;
+      }
+      return Unimplemented(in);
+    case Op::kBswap:
+      if constexpr (kSize == 4 || kSize == 8) {
+        state_.WriteReg(in.dst.reg, kSize, Bswap<kSize>(state_.ReadReg(in.dst.reg, kSize)));
+      } else {
+        // BSWAP r16 is undefined; hardware clears the register's low word.
+        state_.WriteReg(in.dst.reg, 2, 0);
+      }
+      return Flow::kNext;
+    case Op::kCmovcc:
+      RD(src, b);  // read (and may fault) whether or not the move happens
+      if (EvalCondition(*f, in.cond)) {
+        state_.WriteReg(in.dst.reg, kSize, b);
+      } else if constexpr (kSize == 4) {
+        // A 32-bit CMOV zero-extends even when the condition is false.
+        state_.WriteReg(in.dst.reg, 4, state_.ReadReg(in.dst.reg, 4));
+      }
+      return Flow::kNext;
+    case Op::kSetcc:
+      if (!WriteOperand(in, in.dst, 1, Setcc(*f, in.cond))) return Flow::kStop;
+      return Flow::kNext;
+
+    case Op::kJcc:
+      if (EvalCondition(*f, in.cond)) next_rip_ = in.BranchTarget(state_.rip);
+      return Flow::kNext;
+    case Op::kJmp:
+      next_rip_ = in.BranchTarget(state_.rip);
+      return Flow::kNext;
+    case Op::kCall:
+      if (!Push(8, next_rip_)) return Flow::kStop;
+      next_rip_ = in.BranchTarget(state_.rip);
+      return Flow::kNext;
+    case Op::kLoop:
+    case Op::kLoope:
+    case Op::kLoopne: {
+      const uint64_t c = MaskDyn(state_.ReadReg(kRegRcx, in.address_size) - 1, in.address_size);
+      state_.WriteReg(kRegRcx, in.address_size, c);
+      bool take = c != 0;
+      if (kOp == Op::kLoope) take = take && EvalCondition(*f, kCondE);
+      if (kOp == Op::kLoopne) take = take && EvalCondition(*f, kCondNe);
+      if (take) next_rip_ = in.BranchTarget(state_.rip);
+      return Flow::kNext;
+    }
+    case Op::kJrcxz:
+      if (state_.ReadReg(kRegRcx, in.address_size) == 0) next_rip_ = in.BranchTarget(state_.rip);
+      return Flow::kNext;
+    case Op::kJmpIndirect:
+      if (!ReadOperand(in, in.src.kind != OperandKind::kNone ? in.src : in.dst, 8, &b)) return Flow::kStop;
+      next_rip_ = b;
+      return Flow::kNext;
+    case Op::kCallIndirect:
+      if (!ReadOperand(in, in.src.kind != OperandKind::kNone ? in.src : in.dst, 8, &b)) return Flow::kStop;
+      if (!Push(8, next_rip_)) return Flow::kStop;
+      next_rip_ = b;
+      return Flow::kNext;
+    case Op::kRet:
+      if (!Pop(8, &b)) return Flow::kStop;
+      state_.gpr[kRegRsp] += static_cast<uint64_t>(in.imm);
+      next_rip_ = b;
+      return Flow::kNext;
+
+    case Op::kPush:
+      RD(src, b);  // immediates come sign-extended (insn.h), masked to kSize
+      if (!Push(kSize, b)) return Flow::kStop;
+      return Flow::kNext;
+    case Op::kPop: {
+      if (!Read(state_.gpr[kRegRsp], kSize, &b)) return Flow::kStop;
+      const uint64_t old_rsp = state_.gpr[kRegRsp];
+      // The destination's address is computed after RSP is incremented (SDM "POP").
+      state_.gpr[kRegRsp] += kSize;
+      if (!WriteOperand(in, in.dst, kSize, b)) {
+        state_.gpr[kRegRsp] = old_rsp;
+        return Flow::kStop;
+      }
+      return Flow::kNext;
+    }
+    case Op::kPushf:
+      if (!Push(kSize, state_.Rflags() & ~(kFlagVm | kFlagRf))) return Flow::kStop;
+      return Flow::kNext;
+    case Op::kPopf: {
+      if (!Pop(kSize, &b)) return Flow::kStop;
+      // What POPF may change (SDM "POPF", 64-bit mode): IOPL only at CPL 0,
+      // IF only when CPL <= IOPL; VM, RF, VIF, VIP never.
+      uint64_t mask = kArithFlags | kFlagTf | kFlagDf | kFlagNt | kFlagAc | kFlagId;
+      const unsigned iopl = static_cast<unsigned>((state_.rflags_other & kFlagIopl) >> 12);
+      if (state_.cpl == 0) mask |= kFlagIopl;
+      if (state_.cpl <= iopl) mask |= kFlagIf;
+      if constexpr (kSize == 2) mask &= 0xffff;
+      const uint64_t old = state_.Rflags();
+      state_.SetRflags((old & ~mask) | (b & mask));
+      return Flow::kNext;
+    }
+    case Op::kLeave: {
+      if (!Read(state_.gpr[5], kSize, &b)) return Flow::kStop;  // [rbp]
+      state_.gpr[kRegRsp] = state_.gpr[5] + kSize;
+      state_.WriteReg(5, kSize, b);
+      return Flow::kNext;
+    }
+    case Op::kEnter: {
+      if (in.enter_level != 0) return Unimplemented(in);
+      if (!Push(kSize, state_.gpr[5])) return Flow::kStop;
+      const uint64_t frame = state_.gpr[kRegRsp];
+      state_.gpr[kRegRsp] = frame - (static_cast<uint64_t>(in.imm) & 0xffff);
+      state_.WriteReg(5, kSize, frame);
+      return Flow::kNext;
+    }
+    case Op::kCbw:
+      if constexpr (kSize >= 2) {
+        state_.WriteReg(kRegRax, kSize, SignExtendAccumulator<kSize>(state_.gpr[kRegRax]));
+        return Flow::kNext;
+      }
+      return Unimplemented(in);
+    case Op::kCwd:
+      state_.WriteReg(kRegRdx, kSize, SignFill<kSize>(state_.gpr[kRegRax]));
+      return Flow::kNext;
+
+    case Op::kMovs:
+    case Op::kStos:
+    case Op::kLods:
+    case Op::kCmps:
+    case Op::kScas:
+      return StringOp<kSize>(in);
+
+    case Op::kIn:
+    case Op::kOut: {
+      // I/O privilege: CPL <= IOPL (SDM Vol. 1 §19.5.1; the TSS bitmap is not
+      // consulted yet).
+      const unsigned iopl = static_cast<unsigned>((state_.rflags_other & kFlagIopl) >> 12);
+      if (state_.cpl > iopl) return RaiseException(kVectorGp, true, 0);
+      const Operand& port_op = kOp == Op::kIn ? in.src : in.dst;
+      const uint16_t port = port_op.kind == OperandKind::kImm
+                                ? static_cast<uint16_t>(in.imm & 0xff)
+                                : static_cast<uint16_t>(state_.gpr[kRegRdx] & 0xffff);
+      counters_.Inc(InterpreterCounters::kPio);
+      if (kOp == Op::kIn) {
+        uint32_t data = 0xffff'ffff;
+        if (platform_ != nullptr) platform_->PortIn(port, kSize, &data);
+        state_.WriteReg(kRegRax, kSize, data);
+      } else if (platform_ != nullptr) {
+        platform_->PortOut(port, kSize, static_cast<uint32_t>(state_.ReadReg(kRegRax, kSize)));
+      }
+      return Flow::kNext;
+    }
+
+    case Op::kCld: state_.rflags_other &= ~kFlagDf; return Flow::kNext;
+    case Op::kStd: state_.rflags_other |= kFlagDf; return Flow::kNext;
+    case Op::kClc: UpdateFlags(f, kFlagCf, 0); return Flow::kNext;
+    case Op::kStc: UpdateFlags(f, kFlagCf, kFlagCf); return Flow::kNext;
+    case Op::kCmc: UpdateFlags(f, kFlagCf, GetCarry(*f) ? 0 : kFlagCf); return Flow::kNext;
+    case Op::kCli:
+    case Op::kSti: {
+      const unsigned iopl = static_cast<unsigned>((state_.rflags_other & kFlagIopl) >> 12);
+      if (state_.cpl > iopl) return RaiseException(kVectorGp, true, 0);
+      // TODO(interrupts): STI's one-instruction interrupt shadow.
+      if (kOp == Op::kCli) {
+        state_.rflags_other &= ~kFlagIf;
+      } else {
+        state_.rflags_other |= kFlagIf;
+      }
+      return Flow::kNext;
+    }
+    case Op::kSahf: {
+      constexpr uint64_t kMask = kFlagSf | kFlagZf | kFlagAf | kFlagPf | kFlagCf;
+      UpdateFlags(f, kMask, (state_.gpr[kRegRax] >> 8) & kMask);
+      return Flow::kNext;
+    }
+    case Op::kLahf:
+      state_.WriteReg(kRegAh, 1, (MaterializeArith(*f) & 0xd5) | 0x02);
+      return Flow::kNext;
+
+    case Op::kNop:
+    case Op::kPause:
+    case Op::kLfence:
+    case Op::kMfence:
+    case Op::kSfence:
+      return Flow::kNext;
+    case Op::kHlt:
+      if (state_.cpl != 0) return RaiseException(kVectorGp, true, 0);
+      state_.rip = next_rip_;
+      stop_ = StopReason::kHalt;
+      return Flow::kStop;
+    case Op::kCpuid: {
+      uint32_t r[4];
+      Cpuid(static_cast<uint32_t>(state_.gpr[kRegRax]), static_cast<uint32_t>(state_.gpr[kRegRcx]), r);
+      state_.WriteReg(kRegRax, 4, r[0]);
+      state_.WriteReg(3, 4, r[1]);
+      state_.WriteReg(kRegRcx, 4, r[2]);
+      state_.WriteReg(kRegRdx, 4, r[3]);
+      return Flow::kNext;
+    }
+    case Op::kRdtsc:
+    case Op::kRdtscp: {
+      // Instruction-count time, updated at block starts: monotonic and
+      // deterministic, exact to the block.
+      const uint64_t tsc = state_.Tsc();
+      state_.WriteReg(kRegRax, 4, tsc & 0xffff'ffff);
+      state_.WriteReg(kRegRdx, 4, tsc >> 32);
+      if (kOp == Op::kRdtscp) state_.WriteReg(kRegRcx, 4, state_.tsc_aux);
+      return Flow::kNext;
+    }
+    case Op::kUd2:
+      counters_.Inc(InterpreterCounters::kUd);
+      return RaiseException(kVectorUd);
+    case Op::kInvalid:
+      counters_.Inc(InterpreterCounters::kUd);
+      return RaiseException(kVectorUd);
+    case Op::kInt3:
+    case Op::kInt:
+      // Traps: the saved rip is the next instruction.
+      state_.rip = next_rip_;
+      return RaiseException(kOp == Op::kInt3 ? kVectorBp : static_cast<uint8_t>(in.imm));
+    default:
+      return Unimplemented(in);
+  }
+#undef RD
+#undef WR
+#undef ALU2
+#undef SHIFT
+}
+
+// MOVS/STOS/LODS/CMPS/SCAS, with REP/REPE/REPNE (SDM Vol. 2 "REP/REPE/REPZ/
+// REPNE/REPNZ"). address_size selects rSI/rDI/rCX. The segment override
+// applies to the rSI operand only; rDI is always ES (base 0 in 64-bit mode).
+// A REP instruction runs to completion within one retired instruction; a
+// fault mid-way leaves rSI/rDI/rCX describing the remaining work, as the
+// SDM specifies, so re-execution resumes.
+template <int kSize>
+Interpreter::Flow Interpreter::StringOp(const DecodedInsn& in) noexcept {
+  const bool rep = (in.prefixes & (kPrefixRep | kPrefixRepne)) != 0;
+  const bool compare = in.op == Op::kCmps || in.op == Op::kScas;
+  const unsigned as = in.address_size;
+  const int64_t step = (state_.rflags_other & kFlagDf) ? -kSize : kSize;
+  uint64_t seg_base = 0;
+  if (in.segment == Segment::kFs) seg_base = state_.seg[kFs].base;
+  if (in.segment == Segment::kGs) seg_base = state_.seg[kGs].base;
+  for (;;) {
+    if (rep && state_.ReadReg(kRegRcx, as) == 0) return Flow::kNext;
+    const uint64_t rsi = state_.ReadReg(6, as);
+    const uint64_t rdi = state_.ReadReg(7, as);
+    uint64_t v = 0, w = 0;
+    switch (in.op) {
+      case Op::kMovs:
+        if (!Read(seg_base + rsi, kSize, &v) || !Write(rdi, kSize, v)) return Flow::kStop;
+        state_.WriteReg(6, as, rsi + step);
+        state_.WriteReg(7, as, rdi + step);
+        break;
+      case Op::kStos:
+        if (!Write(rdi, kSize, state_.gpr[kRegRax])) return Flow::kStop;
+        state_.WriteReg(7, as, rdi + step);
+        break;
+      case Op::kLods:
+        if (!Read(seg_base + rsi, kSize, &v)) return Flow::kStop;
+        state_.WriteReg(kRegRax, kSize, v);
+        state_.WriteReg(6, as, rsi + step);
+        break;
+      case Op::kCmps:
+        // CMPS compares [rSI] - [rDI] (SDM "CMPS").
+        if (!Read(seg_base + rsi, kSize, &v) || !Read(rdi, kSize, &w)) return Flow::kStop;
+        Cmp<kSize>(&state_.flags, v, w);
+        state_.WriteReg(6, as, rsi + step);
+        state_.WriteReg(7, as, rdi + step);
+        break;
+      default:  // kScas: rAX - [rDI]
+        if (!Read(rdi, kSize, &w)) return Flow::kStop;
+        Cmp<kSize>(&state_.flags, state_.gpr[kRegRax], w);
+        state_.WriteReg(7, as, rdi + step);
+        break;
+    }
+    if (!rep) return Flow::kNext;
+    state_.WriteReg(kRegRcx, as, state_.ReadReg(kRegRcx, as) - 1);
+    if (compare) {
+      // REPE stops on ZF = 0, REPNE on ZF = 1.
+      const bool zf = EvalCondition(state_.flags, kCondE);
+      if ((in.prefixes & kPrefixRepne) ? zf : !zf) return Flow::kNext;
+    }
+    // A store into the running block's page ends the instruction's block
+    // after it, like any other store (handled by the loop).
+  }
+}
+
+
+// Dispatch: one handler per (operand size, op), each a copy of ExecuteOp with
+// both constant, so every branch inside a handler is specific to one
+// instruction form (better prediction than one shared switch), and one
+// indirect call per instruction.
+namespace {
+// operand_size (1, 2, 4, 8; 16 for CMPXCHG16B) -> handler row; row 4 is #UD.
+constexpr uint8_t kSizeRow[17] = {4, 0, 1, 4, 2, 4, 4, 4, 3, 4, 4, 4, 4, 4, 4, 4, 4};
+}  // namespace
+
+template <int kSize, Op kOp>
+Interpreter::Flow Interpreter::Thunk(Interpreter* self, const DecodedInsn& in) noexcept {
+  if constexpr (kSize == 0) {
+    return self->Unimplemented(in);
+  } else {
+    return self->ExecuteOp<kSize, kOp>(in);
+  }
+}
+
+template <int kSize, size_t... kOps>
+constexpr std::array<Interpreter::Handler, static_cast<size_t>(Op::kNumOps)> Interpreter::MakeRow(
+    std::index_sequence<kOps...>) noexcept {
+  return {&Interpreter::Thunk<kSize, static_cast<Op>(kOps)>...};
+}
+
+Interpreter::Handler Interpreter::ResolveHandler(const DecodedInsn& in) noexcept {
+  using Seq = std::make_index_sequence<static_cast<size_t>(Op::kNumOps)>;
+  static constexpr std::array<std::array<Handler, static_cast<size_t>(Op::kNumOps)>, 5> kTable = {
+      MakeRow<1>(Seq{}), MakeRow<2>(Seq{}), MakeRow<4>(Seq{}), MakeRow<8>(Seq{}), MakeRow<0>(Seq{})};
+  size_t op = static_cast<size_t>(in.op);
+  if (op >= static_cast<size_t>(Op::kNumOps)) op = static_cast<size_t>(Op::kInvalid);
+  return kTable[in.operand_size <= 16 ? kSizeRow[in.operand_size] : 4][op];
+}
+
+Interpreter::Flow Interpreter::Execute(const DecodedInsn& in) noexcept {
+  return ResolveHandler(in)(this, in);
+}
+
+}  // namespace cpu

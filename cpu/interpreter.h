@@ -1,0 +1,268 @@
+// Interpreter: the soft backend's x86-64 execution core (64-bit mode).
+//
+// An Interpreter is bound to one vCPU's CpuState, its VcpuMmu (whose SoftTlb
+// serves every access) and the VM's PagingStrategy (the TLB miss path), plus
+// a CpuPlatform for what leaves the CPU (port I/O, MMIO). Run() executes
+// guest instructions until a budget is used, HLT, or an event the interpreter
+// does not handle itself yet (an exception: IDT delivery comes later and will
+// be added inside RaiseException(), the single place every fault goes through).
+//
+// Execution model (docs/cpu.md, "How a vCPU will run"):
+//   - Fetch: the code page's host address comes from SoftTlb::Lookup<kFetch>
+//     (miss: PagingStrategy::Translate with Access::kFetch).
+//   - Decode once: a direct-mapped block cache, indexed by the host address of
+//     the block's first instruction, holds up to kMaxBlockInsns DecodedInsns
+//     from DecodeBlock. It is preallocated: no allocation in steady state. Each
+//     code page has a PageInfo (a node of a hash map that grows only when a
+//     new code page is first decoded) whose generation a block records;
+//     bumping it invalidates every block of the page in O(1).
+//   - An instruction that straddles a page end is fetched into a 15-byte
+//     buffer (fetching the second page only when the instruction needs it) and
+//     decoded singly, never cached.
+//   - Self-modifying code: a page holding decoded code is never writable in
+//     the soft TLB. When a page first gets decoded blocks the whole soft TLB is
+//     flushed (O(1), epoch), and every later Translate that would install a
+//     writable entry for a code page is re-filled without write permission. A
+//     write to such a page therefore always takes the miss path, which bumps
+//     the page's generation (dropping its blocks), unmarks it and lets the
+//     write proceed; if it lands in the running block, the block is left after
+//     the writing instruction. The cost: a page mixing code and hot data
+//     ping-pongs between the two states (counted as smc_invalidations).
+//   - FrameTable invalidations (the strategy's flush generation moves): every
+//     decoded block is dropped, since a host frame may now hold other content.
+//
+// Not yet here (see docs/cpu.md): IDT delivery, interrupts, system
+// instructions (MOV CR, MSRs, SYSCALL, descriptor tables), INS/OUTS, x87/SSE.
+// Unimplemented instructions raise #UD, are counted and logged (rate-limited).
+//
+// Thread safety: one Interpreter per vCPU, used only on that vCPU's thread.
+// Counters may be read from any thread.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <utility>
+
+#include "base/counters.h"
+#include "cpu/cpu_state.h"
+#include "cpu/decoder.h"
+#include "cpu/insn.h"
+#include "mmu/paging_strategy.h"
+#include "mmu/soft_tlb.h"
+
+namespace cpu {
+
+#define CPU_INTERPRETER_COUNTERS(X)                                                \
+  X(Instructions, instructions)                                                   \
+  X(BlocksDecoded, blocks_decoded)                                                \
+  X(BlockCacheHits, block_cache_hits)                                             \
+  X(BlockCacheMisses, block_cache_misses)                                         \
+  X(CrossPageInsns, cross_page_insns) /* decoded singly across a page end */      \
+  X(TlbMisses, tlb_misses)            /* Translate calls */                       \
+  X(Ud, ud)                           /* #UD raised, UD2 included */              \
+  X(Unimplemented, unimplemented)     /* #UD for a decoded op we do not run */    \
+  X(Mmio, mmio)                                                                   \
+  X(Pio, pio)                                                                     \
+  X(SmcInvalidations, smc_invalidations)                                          \
+  X(CacheFlushes, cache_flushes)      /* whole block cache dropped */             \
+  X(Exceptions, exceptions)
+BASE_DEFINE_COUNTERS(InterpreterCounters, CPU_INTERPRETER_COUNTERS);
+
+// What leaves the CPU. Implemented by the VMM's device model (tests use fakes).
+// Called on the vCPU thread.
+class CpuPlatform {
+ public:
+  virtual ~CpuPlatform() = default;
+  // IN: `size` is 1, 2 or 4; the result goes to the low `size` bytes of *data.
+  virtual void PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept = 0;
+  virtual void PortOut(uint16_t port, uint8_t size, uint32_t data) noexcept = 0;
+  // MMIO at a guest-physical address that is not RAM; size 1..8, never
+  // crossing a page. Return false if nothing decodes the address: reads then
+  // see all ones and writes are dropped (an unclaimed bus cycle).
+  virtual bool MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept = 0;
+  virtual bool MmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept = 0;
+};
+
+// Exception vectors (SDM Vol. 3A §6.15, Table 6-1).
+inline constexpr uint8_t kVectorDe = 0;
+inline constexpr uint8_t kVectorBp = 3;
+inline constexpr uint8_t kVectorUd = 6;
+inline constexpr uint8_t kVectorSs = 12;
+inline constexpr uint8_t kVectorGp = 13;
+inline constexpr uint8_t kVectorPf = 14;
+
+struct PendingException {
+  uint8_t vector = 0;
+  bool has_error_code = false;
+  uint32_t error_code = 0;
+  uint64_t cr2 = 0;  // #PF only
+};
+
+enum class StopReason : uint8_t {
+  kBudget,      // max_instructions retired
+  kHalt,        // HLT retired; rip is after it
+  kException,   // `exception` raised and not delivered; rip is the faulting instruction
+                // (for traps, INT3/INT n, the next one)
+  kTripleFault, // a fault while handling a fault (reserved for IDT delivery)
+  kHostError,   // the strategy could not back RAM (TranslateResult::kHostError)
+};
+
+struct RunResult {
+  StopReason reason = StopReason::kBudget;
+  uint64_t instructions = 0;  // retired by this Run
+  PendingException exception;
+};
+
+class Interpreter {
+ public:
+  // Direct-mapped block cache geometry: 1024 blocks of at most 32
+  // instructions (1 KiB each), 1 MiB per vCPU, allocated once.
+  static constexpr uint32_t kMaxBlockInsns = 32;
+  static constexpr uint32_t kNumBlocks = 1024;
+
+  // None of the pointers are owned; all must outlive the interpreter. The
+  // vCPU must already be attached to `strategy`. `platform` may be null
+  // (ports read all ones, MMIO reads all ones, writes dropped).
+  Interpreter(CpuState* state, mmu::VcpuMmu* vcpu, mmu::PagingStrategy* strategy,
+              CpuPlatform* platform);
+  Interpreter(const Interpreter&) = delete;
+  Interpreter& operator=(const Interpreter&) = delete;
+
+  // Runs at most `max_instructions` instructions (a REP string instruction
+  // counts once).
+  RunResult Run(uint64_t max_instructions) noexcept;
+
+  // Drops every decoded block (e.g. after the host changed guest memory
+  // behind the CPU's back).
+  void FlushDecodeCache() noexcept;
+
+  const InterpreterCounters& counters() const { return counters_; }
+
+  // The CPUID leaf table (documented in interpreter.cc). Public for tests.
+  static void Cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]) noexcept;
+
+ private:
+  struct PageInfo {
+    uint64_t generation = 0;
+    bool has_code = false;
+  };
+  // What executing one instruction did.
+  enum class Flow : uint8_t { kNext, kStop };
+  using Handler = Flow (*)(Interpreter*, const DecodedInsn&) noexcept;
+
+  struct Block {
+    uintptr_t tag = 0;  // host address of the first instruction; 0 = empty
+    PageInfo* page = nullptr;
+    uint64_t generation = 0;
+    uint32_t num_insns = 0;
+    DecodedInsn insns[kMaxBlockInsns];
+    Handler handlers[kMaxBlockInsns];  // resolved at decode: one indirect call per insn
+  };
+
+  Flow Execute(const DecodedInsn& in) noexcept;
+  template <int kSize, Op kOp>
+  [[gnu::always_inline]] inline Flow ExecuteOp(const DecodedInsn& in) noexcept;
+  static Handler ResolveHandler(const DecodedInsn& in) noexcept;
+  template <int kSize, Op kOp>
+  static Flow Thunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  template <int kSize, size_t... kOps>
+  static constexpr std::array<Handler, static_cast<size_t>(Op::kNumOps)> MakeRow(
+      std::index_sequence<kOps...>) noexcept;
+  template <int kSize>
+  Flow StringOp(const DecodedInsn& in) noexcept;
+
+  // Fetch and decode.
+  const Block* LookupBlock(uint8_t* host) noexcept;
+  const Block* DecodeInto(Block& b, uintptr_t key) noexcept;
+  bool FetchAndDecodeCrossPage(DecodedInsn* out) noexcept;
+  uint8_t* TranslateFetch(uint64_t gva) noexcept;
+
+  // Fixed-size host accesses (a runtime-size memcpy would be a library
+  // call on the hottest path). The host is little-endian like the guest.
+  static uint64_t LoadHost(const uint8_t* p, unsigned size) noexcept {
+    switch (size) {
+      case 1: return *p;
+      case 2: { uint16_t v; __builtin_memcpy(&v, p, 2); return v; }
+      case 4: { uint32_t v; __builtin_memcpy(&v, p, 4); return v; }
+      case 8: { uint64_t v; __builtin_memcpy(&v, p, 8); return v; }
+      default: { uint64_t v = 0; __builtin_memcpy(&v, p, size); return v; }
+    }
+  }
+  static void StoreHost(uint8_t* p, unsigned size, uint64_t v) noexcept {
+    switch (size) {
+      case 1: *p = static_cast<uint8_t>(v); break;
+      case 2: { const uint16_t w = static_cast<uint16_t>(v); __builtin_memcpy(p, &w, 2); break; }
+      case 4: { const uint32_t w = static_cast<uint32_t>(v); __builtin_memcpy(p, &w, 4); break; }
+      case 8: __builtin_memcpy(p, &v, 8); break;
+      default: __builtin_memcpy(p, &v, size); break;
+    }
+  }
+
+  // Memory. All return false after raising an exception (or a host error).
+  [[gnu::always_inline]] inline uint64_t EffectiveAddress(const DecodedInsn& in) const noexcept;
+  [[gnu::always_inline]] inline uint64_t LeaAddress(const DecodedInsn& in) const noexcept;
+  bool Read(uint64_t gva, unsigned size, uint64_t* value) noexcept {
+    const uint8_t* p = vcpu_.tlb->Lookup<mmu::Access::kRead>(MmuIndex(), gva, size);
+    if (p != nullptr) [[likely]] {
+      *value = LoadHost(p, size);
+      return true;
+    }
+    return ReadSlow(gva, size, value);
+  }
+  bool Write(uint64_t gva, unsigned size, uint64_t value) noexcept {
+    uint8_t* p = vcpu_.tlb->Lookup<mmu::Access::kWrite>(MmuIndex(), gva, size);
+    if (p != nullptr) [[likely]] {
+      StoreHost(p, size, value);
+      return true;
+    }
+    return WriteSlow(gva, size, value);
+  }
+  bool ReadSlow(uint64_t gva, unsigned size, uint64_t* value) noexcept;
+  bool WriteSlow(uint64_t gva, unsigned size, uint64_t value) noexcept;
+  // One page-contained access on the miss path.
+  bool AccessPage(uint64_t gva, unsigned size, mmu::Access access, uint64_t* value) noexcept;
+  // Translate with the code-page write fix-up. Returns the result; on kFixed
+  // *host_page and *gpa are set.
+  mmu::TranslateResult TranslateAccess(uint64_t gva, mmu::Access access, uint8_t** host_page,
+                                       uint64_t* gpa) noexcept;
+  void NoteCodeWrite(uint8_t* host_page) noexcept;
+
+  [[gnu::always_inline]] inline bool ReadOperand(const DecodedInsn& in, const Operand& op,
+                                                 unsigned size, uint64_t* v) noexcept;
+  [[gnu::always_inline]] inline bool WriteOperand(const DecodedInsn& in, const Operand& op,
+                                                  unsigned size, uint64_t v) noexcept;
+  bool Push(unsigned size, uint64_t v) noexcept;
+  bool Pop(unsigned size, uint64_t* v) noexcept;
+
+  mmu::SoftTlb::MmuIdx MmuIndex() const noexcept {
+    return state_.cpl == 3 ? mmu::SoftTlb::MmuIdx::kUser : mmu::SoftTlb::MmuIdx::kSupervisor;
+  }
+
+  // The one place faults go. Today: records the exception and stops Run();
+  // IDT delivery will happen here.
+  Flow RaiseException(uint8_t vector, bool has_error_code = false, uint32_t error_code = 0,
+                      uint64_t cr2 = 0) noexcept;
+  Flow Unimplemented(const DecodedInsn& in) noexcept;
+
+  CpuState& state_;
+  mmu::VcpuMmu& vcpu_;
+  mmu::PagingStrategy& strategy_;
+  CpuPlatform* platform_;
+
+  // Set by the executing instruction.
+  uint64_t next_rip_ = 0;
+  bool block_dirty_ = false;  // the running block's page was written
+  StopReason stop_ = StopReason::kBudget;
+  PendingException exception_;
+
+  std::unique_ptr<Block[]> blocks_;
+  std::unordered_map<uintptr_t, PageInfo> pages_;
+  uint64_t seen_flush_generation_ = 0;
+  uint32_t unimplemented_logged_ = 0;
+  uint64_t local_block_hits_ = 0;  // folded into counters_ at the end of Run
+  InterpreterCounters counters_;
+};
+
+}  // namespace cpu

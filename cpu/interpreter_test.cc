@@ -1,0 +1,442 @@
+// Tests of cpu::Interpreter: small guest programs (cpu/testdata/programs.S,
+// assembled by the host assembler) run in a fake guest memory with
+// identity-mapped 4-level page tables and the native paging strategy.
+#include "cpu/interpreter.h"
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/native_strategy.h"
+#include "gtest/gtest.h"
+#include "mmu/paging_mode.h"
+#include "mmu/phys_memory.h"
+#include "mmu/pte.h"
+#include "mmu/soft_tlb.h"
+#include "mmu/table_builder.h"
+#include "tests/fakes/fake_guest_phys_memory.h"
+
+#define DECLARE_PROGRAM(name) extern "C" const uint8_t name[], name##_end[];
+DECLARE_PROGRAM(prog_fib)
+DECLARE_PROGRAM(prog_xorshift)
+DECLARE_PROGRAM(prog_mem)
+DECLARE_PROGRAM(prog_fact)
+DECLARE_PROGRAM(prog_rep)
+DECLARE_PROGRAM(prog_cmps)
+DECLARE_PROGRAM(prog_strlen)
+DECLARE_PROGRAM(prog_div0)
+DECLARE_PROGRAM(prog_write_ro)
+DECLARE_PROGRAM(prog_smc)
+DECLARE_PROGRAM(prog_cross)
+DECLARE_PROGRAM(prog_pio)
+DECLARE_PROGRAM(prog_mmio)
+DECLARE_PROGRAM(prog_misc)
+DECLARE_PROGRAM(prog_misc2)
+extern "C" const uint8_t prog_div0_fault[], prog_write_ro_fault[];
+
+namespace cpu {
+namespace {
+
+using mmu::PageSize;
+using mmu::testing::FakeGuestPhysMemory;
+namespace pte = mmu::pte;
+
+constexpr uint64_t kRamBytes = 4 << 20;
+constexpr uint64_t kMapStart = 0x100000;
+constexpr uint64_t kMapEnd = 0x400000;
+constexpr uint64_t kCode = 0x200000;
+constexpr uint64_t kData = 0x280000;
+constexpr uint64_t kData2 = 0x290000;
+constexpr uint64_t kReadOnly = 0x2f0000;
+constexpr uint64_t kStackTop = 0x300000;
+constexpr uint64_t kMmio = 0x3f0000;
+
+enum Reg { kRax, kRcx, kRdx, kRbx, kRsp, kRbp, kRsi, kRdi, kR8, kR9, kR10, kR11, kR12, kR13, kR14, kR15 };
+
+class FakePlatform : public CpuPlatform {
+ public:
+  void PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept override {
+    ins.push_back({port, size, 0});
+    *data = 0x5a;
+  }
+  void PortOut(uint16_t port, uint8_t size, uint32_t data) noexcept override {
+    outs.push_back({port, size, data});
+  }
+  bool MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept override {
+    mmio_reads.push_back({gpa, size, 0});
+    *data = 0xabcd;
+    return true;
+  }
+  bool MmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept override {
+    mmio_writes.push_back({gpa, size, data});
+    return true;
+  }
+  struct Io {
+    uint64_t where;
+    uint8_t size;
+    uint64_t data;
+  };
+  std::vector<Io> ins, outs, mmio_reads, mmio_writes;
+};
+
+class InterpreterTest : public ::testing::Test {
+ protected:
+  InterpreterTest() : flat_(kRamBytes), mem_(flat_), tables_(flat_, 4) {
+    constexpr uint64_t kRw = pte::kPresent | pte::kWritable | pte::kAccessed | pte::kDirty;
+    for (uint64_t va = kMapStart; va < kMapEnd; va += 4096) {
+      const uint64_t flags = va == kReadOnly ? (kRw & ~pte::kWritable) : kRw;
+      CHECK(tables_.Map(va, va, PageSize::k4K, flags));
+    }
+    mem_.SetStateQuietly(kMmio >> 12, FakeGuestPhysMemory::State::kMmio);
+    auto s = NativeStrategy::Create(&mem_, {.max_vcpus = 1});
+    CHECK(s.ok());
+    strategy_ = std::move(*s);
+    vcpu_.tlb = &tlb_;
+    vcpu_.cr3 = tables_.root();
+    CHECK(strategy_->AttachVcpu(&vcpu_).ok());
+    strategy_->LeaveQuiescence(vcpu_);
+    state_.cr3 = tables_.root();
+    state_.rip = kCode;
+    state_.gpr[kRsp] = kStackTop;
+    interp_ = std::make_unique<Interpreter>(&state_, &vcpu_, strategy_.get(), &platform_);
+  }
+  ~InterpreterTest() override { strategy_->DetachVcpu(&vcpu_); }
+
+  uint8_t* Host(uint64_t gpa) { return mem_.FlatPage(gpa >> 12) + (gpa & 0xfff); }
+  void Poke(uint64_t gpa, const void* src, size_t n) {
+    for (size_t i = 0; i < n; ++i) *Host(gpa + i) = static_cast<const uint8_t*>(src)[i];
+  }
+  void Peek(uint64_t gpa, void* dst, size_t n) {
+    for (size_t i = 0; i < n; ++i) static_cast<uint8_t*>(dst)[i] = *Host(gpa + i);
+  }
+  uint64_t Peek64(uint64_t gpa) {
+    uint64_t v;
+    Peek(gpa, &v, 8);
+    return v;
+  }
+  void Load(const uint8_t* begin, const uint8_t* end, uint64_t at = kCode) {
+    Poke(at, begin, static_cast<size_t>(end - begin));
+    state_.rip = at;
+  }
+  RunResult RunToHalt(uint64_t budget = 1'000'000) {
+    RunResult r = interp_->Run(budget);
+    EXPECT_EQ(r.reason, StopReason::kHalt) << "stopped at rip " << std::hex << state_.rip;
+    return r;
+  }
+  uint64_t Counter(std::string_view name) {
+    uint64_t v = 0;
+    interp_->counters().ForEach([&](std::string_view n, uint64_t value) {
+      if (n == name) v = value;
+    });
+    return v;
+  }
+
+  mmu::FlatMemory flat_;
+  FakeGuestPhysMemory mem_;
+  mmu::TableBuilder<mmu::FlatMemory> tables_;
+  std::unique_ptr<NativeStrategy> strategy_;
+  mmu::SoftTlb tlb_;
+  mmu::VcpuMmu vcpu_;
+  CpuState state_;
+  FakePlatform platform_;
+  std::unique_ptr<Interpreter> interp_;
+};
+
+TEST_F(InterpreterTest, FibonacciLoop) {
+  Load(prog_fib, prog_fib_end);
+  const RunResult r = RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], 12586269025ull);
+  EXPECT_EQ(r.instructions, 3u + 50 * 5 + 1);
+  EXPECT_EQ(state_.rip, kCode + (prog_fib_end - prog_fib));
+  EXPECT_GT(Counter("block_cache_hits"), 40u);
+}
+
+TEST_F(InterpreterTest, XorshiftChecksumMatchesHost) {
+  Load(prog_xorshift, prog_xorshift_end);
+  RunToHalt();
+  uint64_t x = 88172645463325252ull, sum = 0;
+  for (int i = 0; i < 1000; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    sum += x;
+    sum = (sum << 5) | (sum >> 59);
+  }
+  EXPECT_EQ(state_.gpr[kRax], x);
+  EXPECT_EQ(state_.gpr[kRdx], sum);
+  EXPECT_EQ(state_.gpr[kRcx], 0u);
+}
+
+TEST_F(InterpreterTest, BudgetStopsAndResumes) {
+  Load(prog_xorshift, prog_xorshift_end);
+  uint64_t total = 0;
+  RunResult r;
+  do {
+    r = interp_->Run(7);
+    total += r.instructions;
+    ASSERT_LE(r.instructions, 7u);
+  } while (r.reason == StopReason::kBudget);
+  EXPECT_EQ(r.reason, StopReason::kHalt);
+  EXPECT_EQ(total, 3u + 1000 * 13 + 1);
+  EXPECT_EQ(state_.instructions, total);
+}
+
+TEST_F(InterpreterTest, LoadsStoresAndRipRelative) {
+  Load(prog_mem, prog_mem_end);
+  state_.gpr[kRdi] = kData;
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], 0x1234u);
+  EXPECT_EQ(state_.gpr[kRbx], 0xffu);
+  EXPECT_EQ(state_.gpr[kRcx], ~uint64_t{0});
+  EXPECT_EQ(state_.gpr[kRdx], 0x1000000000u);
+  EXPECT_EQ(state_.gpr[kRsi], 0x1000001234u);
+  EXPECT_EQ(state_.gpr[kR9], ~uint64_t{0});
+  EXPECT_EQ(state_.gpr[kR10], 0xffffff80u);
+  EXPECT_EQ(Peek64(kData), 0x1000001234u);
+  EXPECT_EQ(state_.gpr[kR11], kCode + (prog_mem_end - prog_mem) - 8);
+}
+
+TEST_F(InterpreterTest, RecursiveCallsUseTheStack) {
+  Load(prog_fact, prog_fact_end);
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], 3628800u);
+  EXPECT_EQ(state_.gpr[kRsp], kStackTop);
+}
+
+TEST_F(InterpreterTest, RepMovsbAndStosq) {
+  Load(prog_rep, prog_rep_end);
+  std::vector<uint8_t> src(100);
+  for (int i = 0; i < 100; ++i) src[i] = static_cast<uint8_t>(i * 7 + 1);
+  Poke(kData, src.data(), src.size());
+  state_.gpr[kRsi] = kData;
+  state_.gpr[kRdi] = kData + 0x1000;
+  state_.gpr[kRdx] = kData2 + 0xf00;  // 512 bytes: crosses into the next page
+  RunToHalt();
+  std::vector<uint8_t> dst(100);
+  Peek(kData + 0x1000, dst.data(), dst.size());
+  EXPECT_EQ(dst, src);
+  EXPECT_EQ(state_.gpr[kRsi], kData + 100);
+  EXPECT_EQ(state_.gpr[kRdi], kData2 + 0xf00 + 512);
+  EXPECT_EQ(state_.gpr[kRcx], 0u);
+  for (uint64_t i = 0; i < 512; i += 8) EXPECT_EQ(Peek64(kData2 + 0xf00 + i), 0x0101010101010101u);
+  EXPECT_EQ(Peek64(kData2 + 0xf00 + 512), 0u);
+}
+
+TEST_F(InterpreterTest, RepeCmpsbStopsAtTheFirstDifference) {
+  Load(prog_cmps, prog_cmps_end);
+  std::string a(64, 'x'), b(64, 'x');
+  b[37] = 'y';
+  Poke(kData, a.data(), 64);
+  Poke(kData + 0x100, b.data(), 64);
+  state_.gpr[kRsi] = kData;
+  state_.gpr[kRdi] = kData + 0x100;
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRbx] & 0xff, 1u);
+  EXPECT_EQ(state_.gpr[kRcx], 64u - 38);
+  EXPECT_EQ(state_.gpr[kRsi], kData + 38);
+}
+
+TEST_F(InterpreterTest, RepneScasbStrlen) {
+  Load(prog_strlen, prog_strlen_end);
+  const char kText[] = "hello, soft cpu";
+  Poke(kData, kText, sizeof(kText));
+  state_.gpr[kRdi] = kData;
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], sizeof(kText) - 1);
+}
+
+TEST_F(InterpreterTest, DivideByZeroRaisesDe) {
+  Load(prog_div0, prog_div0_end);
+  const RunResult r = interp_->Run(100);
+  ASSERT_EQ(r.reason, StopReason::kException);
+  EXPECT_EQ(r.exception.vector, kVectorDe);
+  EXPECT_FALSE(r.exception.has_error_code);
+  EXPECT_EQ(state_.rip, kCode + (prog_div0_fault - prog_div0));
+  EXPECT_EQ(state_.gpr[kR8], 14u);
+  EXPECT_EQ(state_.gpr[kR9], 2u);
+  EXPECT_EQ(r.instructions, 7u);
+}
+
+TEST_F(InterpreterTest, WriteToReadOnlyPageRaisesPageFault) {
+  Load(prog_write_ro, prog_write_ro_end);
+  Poke(kReadOnly + 0x10, "\x11\x22", 2);
+  state_.gpr[kRdi] = kReadOnly + 0x10;
+  const RunResult r = interp_->Run(100);
+  ASSERT_EQ(r.reason, StopReason::kException);
+  EXPECT_EQ(r.exception.vector, kVectorPf);
+  EXPECT_TRUE(r.exception.has_error_code);
+  EXPECT_EQ(r.exception.error_code, mmu::pfec::kPresent | mmu::pfec::kWrite);
+  EXPECT_EQ(r.exception.cr2, kReadOnly + 0x10);
+  EXPECT_EQ(state_.rip, kCode + (prog_write_ro_fault - prog_write_ro));
+  EXPECT_EQ(state_.gpr[kRax], 0x2211u);
+}
+
+TEST_F(InterpreterTest, SelfModifyingCodeIsSeen) {
+  Load(prog_smc, prog_smc_end);
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], 99u);
+  EXPECT_EQ(state_.gpr[kRbx], 42u);
+  EXPECT_GE(Counter("smc_invalidations"), 2u);
+}
+
+TEST_F(InterpreterTest, PageCrossingInstructionAndData) {
+  // The 10-byte movabs starts 5 bytes before the end of a code page.
+  Load(prog_cross, prog_cross_end, kCode + 0x1000 - 5);
+  state_.gpr[kRdi] = kData + 0x1000 - 4;
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], 0x1222334455667789u);
+  EXPECT_EQ(state_.gpr[kRcx], 0x1222334455667789u);
+  EXPECT_EQ(Peek64(kData + 0x1000 - 4), 0x1222334455667789u);
+  EXPECT_GE(Counter("cross_page_insns"), 1u);
+}
+
+TEST_F(InterpreterTest, PageCrossingWriteFaultsOnTheSecondPageWithoutStoring) {
+  // A store whose second half lands on the read-only page.
+  Load(prog_write_ro, prog_write_ro_end);
+  state_.gpr[kRdi] = kReadOnly - 4;
+  Poke(kReadOnly - 4, "\x01\x02\x03\x04\x05\x06\x07\x08", 8);
+  const uint64_t before = Peek64(kReadOnly - 4);
+  // Make the read-back value different so a partial store would show.
+  const RunResult r0 = interp_->Run(1);  // the load
+  ASSERT_EQ(r0.reason, StopReason::kBudget);
+  state_.gpr[kRax] = 0xffffffffffffffffull;
+  const RunResult r = interp_->Run(10);
+  ASSERT_EQ(r.reason, StopReason::kException);
+  EXPECT_EQ(r.exception.vector, kVectorPf);
+  EXPECT_EQ(r.exception.cr2, kReadOnly);
+  EXPECT_EQ(Peek64(kReadOnly - 4), before);
+}
+
+TEST_F(InterpreterTest, PortIoReachesThePlatform) {
+  Load(prog_pio, prog_pio_end);
+  RunToHalt();
+  ASSERT_EQ(platform_.outs.size(), 3u);
+  EXPECT_EQ(platform_.outs[0].where, 0x3f8u);
+  EXPECT_EQ(platform_.outs[0].data, 'H');
+  EXPECT_EQ(platform_.outs[1].data, 'i');
+  EXPECT_EQ(platform_.outs[2].where, 0x80u);
+  EXPECT_EQ(platform_.outs[2].size, 4u);
+  EXPECT_EQ(platform_.outs[2].data, 0x12345678u);
+  ASSERT_EQ(platform_.ins.size(), 1u);
+  EXPECT_EQ(state_.gpr[kRax], 0x1234565au);
+  EXPECT_EQ(Counter("pio"), 4u);
+}
+
+TEST_F(InterpreterTest, MmioReachesThePlatform) {
+  Load(prog_mmio, prog_mmio_end);
+  state_.gpr[kRdi] = kMmio + 0x20;
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], 0xabcdu);
+  ASSERT_EQ(platform_.mmio_reads.size(), 1u);
+  EXPECT_EQ(platform_.mmio_reads[0].where, kMmio + 0x20);
+  EXPECT_EQ(platform_.mmio_reads[0].size, 8u);
+  ASSERT_EQ(platform_.mmio_writes.size(), 1u);
+  EXPECT_EQ(platform_.mmio_writes[0].where, kMmio + 0x28);
+  EXPECT_EQ(platform_.mmio_writes[0].data, 0x77u);
+}
+
+TEST_F(InterpreterTest, MiscInstructions) {
+  Load(prog_misc, prog_misc_end);
+  state_.gpr[kRdi] = kData;
+  state_.gpr[kRbp] = 0x1234;
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kR8], 7u);
+  EXPECT_EQ(state_.gpr[kR9], 0u);
+  EXPECT_EQ(state_.gpr[kR12], static_cast<uint64_t>(-3));
+  EXPECT_EQ(state_.gpr[kR13], static_cast<uint64_t>(-1));
+  EXPECT_EQ(Peek64(kData), 25u);
+  EXPECT_EQ(state_.gpr[kR15], 20u);
+  EXPECT_EQ(state_.gpr[kR10], 111u);
+  EXPECT_EQ(state_.gpr[kRsi], 1u);
+  EXPECT_EQ(state_.gpr[kRbp], 0x1234u);
+  EXPECT_EQ(state_.gpr[kRsp], kStackTop);
+  EXPECT_EQ(Peek64(kData + 8), 4u);                       // bsf
+  EXPECT_EQ(Peek64(kData + 16), 7u);                      // bsr
+  EXPECT_EQ(Peek64(kData + 24), 0x0807060504030201u);     // bswap
+  // CPUID leaf 0 overwrote rbx/rcx/rdx with the vendor.
+  char vendor[13] = {};
+  std::memcpy(vendor, &state_.gpr[kRbx], 4);
+  std::memcpy(vendor + 4, &state_.gpr[kRdx], 4);
+  std::memcpy(vendor + 8, &state_.gpr[kRcx], 4);
+  EXPECT_STREQ(vendor, "VMMSoftCPU64");
+  EXPECT_EQ(state_.gpr[kRax], 1u);
+}
+
+TEST_F(InterpreterTest, BackwardsRepMovsLoopSahfLahfMemoryShiftsEnterLeave) {
+  Load(prog_misc2, prog_misc2_end);
+  Poke(kData, "ABCDEFGH", 8);
+  state_.gpr[kRsi] = kData + 7;
+  state_.gpr[kRdi] = kData + 0x100 + 7;
+  state_.gpr[kRdx] = kData + 0x200;
+  RunToHalt();
+  char copy[9] = {};
+  Peek(kData + 0x100, copy, 8);
+  EXPECT_STREQ(copy, "ABCDEFGH");
+  EXPECT_EQ(state_.gpr[kRsi], kData - 1);
+  EXPECT_EQ(state_.rflags_other & kFlagDf, 0u);
+  EXPECT_EQ(state_.gpr[kRbx], 55u);
+  EXPECT_EQ(state_.gpr[kR8], 0xd7u);
+  EXPECT_EQ(state_.gpr[kR9], 8u);
+  EXPECT_EQ(state_.gpr[kR10], kStackTop - 8 - 32);
+  EXPECT_EQ(state_.gpr[kRsp], kStackTop);
+}
+
+TEST_F(InterpreterTest, RepStosFaultMidwayIsResumable) {
+  // rep stosq over 4 qwords of which the last two are on the read-only page.
+  const uint8_t code[] = {0xf3, 0x48, 0xab, 0xf4};  // rep stosq; hlt
+  Load(code, code + sizeof(code));
+  state_.gpr[kRdi] = kReadOnly - 16;
+  state_.gpr[kRcx] = 4;
+  state_.gpr[kRax] = 0x5555;
+  const RunResult r = interp_->Run(10);
+  ASSERT_EQ(r.reason, StopReason::kException);
+  EXPECT_EQ(r.exception.vector, kVectorPf);
+  EXPECT_EQ(r.exception.cr2, kReadOnly);
+  EXPECT_EQ(state_.rip, kCode);
+  EXPECT_EQ(state_.gpr[kRcx], 2u);
+  EXPECT_EQ(state_.gpr[kRdi], kReadOnly);
+  EXPECT_EQ(Peek64(kReadOnly - 8), 0x5555u);
+}
+
+TEST_F(InterpreterTest, CpuidReportsLongModeAndNx) {
+  uint32_t r[4];
+  Interpreter::Cpuid(0x80000001, 0, r);
+  EXPECT_NE(r[3] & (1u << 29), 0u);  // LM
+  EXPECT_NE(r[3] & (1u << 20), 0u);  // NX
+  EXPECT_EQ(r[2] & (1u << 5), 0u);   // no LZCNT
+  Interpreter::Cpuid(7, 0, r);
+  EXPECT_EQ(r[1] & (1u << 3), 0u);   // no BMI1
+}
+
+TEST_F(InterpreterTest, Ud2RaisesUd) {
+  const uint8_t code[] = {0x90, 0x0f, 0x0b};
+  Load(code, code + sizeof(code));
+  const RunResult r = interp_->Run(10);
+  ASSERT_EQ(r.reason, StopReason::kException);
+  EXPECT_EQ(r.exception.vector, kVectorUd);
+  EXPECT_EQ(state_.rip, kCode + 1);
+  EXPECT_EQ(Counter("ud"), 1u);
+}
+
+TEST_F(InterpreterTest, UnimplementedOpRaisesUdAndIsCounted) {
+  const uint8_t code[] = {0x0f, 0x01, 0xf8};  // swapgs
+  Load(code, code + sizeof(code));
+  const RunResult r = interp_->Run(10);
+  ASSERT_EQ(r.reason, StopReason::kException);
+  EXPECT_EQ(r.exception.vector, kVectorUd);
+  EXPECT_EQ(Counter("unimplemented"), 1u);
+}
+
+TEST_F(InterpreterTest, FetchFromUnmappedPageRaisesPageFault) {
+  state_.rip = 0x7000'0000'0000ull;
+  const RunResult r = interp_->Run(10);
+  ASSERT_EQ(r.reason, StopReason::kException);
+  EXPECT_EQ(r.exception.vector, kVectorPf);
+  EXPECT_EQ(r.exception.cr2, 0x7000'0000'0000ull);
+  EXPECT_EQ(r.exception.error_code, mmu::pfec::kFetch);
+}
+
+}  // namespace
+}  // namespace cpu
