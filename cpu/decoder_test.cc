@@ -926,7 +926,8 @@ TEST(DecoderObjdumpTest, OpcodeSweepMatchesObjdump) {
     }
   }
   ASSERT_GT(candidates.size(), 5000U);
-  char path[] = "/tmp/decoder_sweep_XXXXXX";
+  std::string path_template = ::testing::TempDir() + "decoder_sweep_XXXXXX";
+  char* path = path_template.data();
   const int fd = mkstemp(path);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(write(fd, image.data(), image.size()), static_cast<ssize_t>(image.size()));
