@@ -67,6 +67,7 @@ struct CpuState {
   uint16_t ldtr = 0;
   uint16_t tr = 0;
   uint64_t tr_base = 0;
+  uint32_t tr_limit = 0;
 
   // Long mode with paging on by default: the interpreter only runs 64-bit code.
   uint64_t cr0 = 0x8000'0011;  // PG | ET | PE
@@ -77,15 +78,23 @@ struct CpuState {
   uint64_t efer = 0xd01;       // SCE | LME | LMA | NXE
   uint64_t star = 0, lstar = 0, cstar = 0, sfmask = 0;
   uint64_t tsc_aux = 0;
+  uint64_t pat = 0x0007'0406'0007'0406;  // IA32_PAT power-up value
 
   uint8_t cpl = 0;
-  // The TSC counts retired instructions (deterministic runs), plus this offset
-  // (IA32_TSC writes, later).
-  uint64_t tsc_offset = 0;
-  // Retired instructions since reset.
-  uint64_t instructions = 0;
+  // Interrupts are inhibited until one more instruction retires (after STI
+  // that set IF, and after MOV SS; SDM Vol. 3A §6.8.3).
+  bool interrupt_shadow = false;
 
-  uint64_t Tsc() const noexcept { return instructions + tsc_offset; }
+  // Guest time (docs/cpu.md, "Time"): one cycle per retired instruction, plus
+  // the cycles a halted vCPU skipped to its next timer event. Nothing here
+  // reads the host clock, so a run is deterministic.
+  uint64_t instructions = 0;  // retired since reset
+  uint64_t idle_cycles = 0;   // skipped while halted
+  // IA32_TSC writes: TSC = cycles + tsc_offset.
+  uint64_t tsc_offset = 0;
+
+  uint64_t Cycles() const noexcept { return instructions + idle_cycles; }
+  uint64_t Tsc() const noexcept { return Cycles() + tsc_offset; }
 
   uint64_t Rflags() const noexcept { return Materialize(flags, rflags_other) | kFlagReserved1; }
   void SetRflags(uint64_t v) noexcept {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "base/log.h"
 #include "cpu/alu.h"
+#include "cpu/interpreter_inl.h"
 
 namespace cpu {
 
@@ -27,9 +28,6 @@ uint64_t SignExtendDyn(uint64_t v, unsigned size) noexcept {
   }
 }
 
-uint64_t MaskDyn(uint64_t v, unsigned size) noexcept {
-  return size >= 8 ? v : v & ((uint64_t{1} << (size * 8)) - 1);
-}
 
 size_t BlockIndex(uintptr_t host) noexcept {
   // Fibonacci hashing of the instruction's host address.
@@ -101,14 +99,6 @@ void Interpreter::Cpuid(uint32_t leaf, uint32_t /*subleaf*/, uint32_t out[4]) no
 
 // ---------------------------------------------------------------------------
 // Faults.
-
-Interpreter::Flow Interpreter::RaiseException(uint8_t vector, bool has_error_code,
-                                              uint32_t error_code, uint64_t cr2) noexcept {
-  counters_.Inc(InterpreterCounters::kExceptions);
-  exception_ = {vector, has_error_code, error_code, cr2};
-  stop_ = StopReason::kException;
-  return Flow::kStop;
-}
 
 Interpreter::Flow Interpreter::Unimplemented(const DecodedInsn& in) noexcept {
   counters_.Inc(InterpreterCounters::kUnimplemented);
@@ -206,16 +196,12 @@ bool Interpreter::AccessPage(uint64_t gva, unsigned size, Access access, uint64_
     return true;
   }
   if (r == TranslateResult::kMmio) {
-    counters_.Inc(InterpreterCounters::kMmio);
     if (access == Access::kWrite) {
-      if (platform_ != nullptr) platform_->MmioWrite(gpa, static_cast<uint8_t>(size), *value);
-    } else {
-      uint64_t v = ~uint64_t{0};
-      if (platform_ == nullptr || !platform_->MmioRead(gpa, static_cast<uint8_t>(size), &v)) {
-        v = ~uint64_t{0};
-      }
-      *value = MaskDyn(v, size);
+      return PlatformMmioWrite(gpa, static_cast<uint8_t>(size), *value);
     }
+    uint64_t v = 0;
+    if (!PlatformMmioRead(gpa, static_cast<uint8_t>(size), &v)) return false;
+    *value = MaskDyn(v, size);
     return true;
   }
   if (r == TranslateResult::kRetry || r == TranslateResult::kSpurious) {
@@ -252,51 +238,6 @@ bool Interpreter::WriteSlow(uint64_t gva, unsigned size, uint64_t value) noexcep
     if (r != TranslateResult::kFixed && r != TranslateResult::kMmio) return false;
   }
   return Write(gva, n1, value) && Write(gva + n1, size - n1, value >> (n1 * 8));
-}
-
-uint64_t Interpreter::LeaAddress(const DecodedInsn& in) const noexcept {
-  const MemOperand& m = in.mem;
-  if (m.base == kBaseAbs64) return static_cast<uint64_t>(in.imm);
-  uint64_t ea = static_cast<uint64_t>(static_cast<int64_t>(m.disp));
-  if (m.base == kBaseRip) {
-    ea += in.NextRip(state_.rip);
-  } else if (m.base != kRegNone) {
-    ea += state_.gpr[m.base];
-  }
-  if (m.index != kRegNone) ea += state_.gpr[m.index] << m.scale_log2;
-  if (in.address_size == 4) ea &= 0xffff'ffff;
-  return ea;
-}
-
-uint64_t Interpreter::EffectiveAddress(const DecodedInsn& in) const noexcept {
-  uint64_t ea = LeaAddress(in);
-  // Only FS and GS add a base in 64-bit mode (SDM Vol. 1 §3.4.2.1).
-  if (in.segment == Segment::kFs) [[unlikely]] {
-    ea += state_.seg[kFs].base;
-  } else if (in.segment == Segment::kGs) [[unlikely]] {
-    ea += state_.seg[kGs].base;
-  }
-  return ea;
-}
-
-bool Interpreter::ReadOperand(const DecodedInsn& in, const Operand& op, unsigned size,
-                              uint64_t* v) noexcept {
-  switch (op.kind) {
-    case OperandKind::kReg: *v = state_.ReadReg(op.reg, size); return true;
-    case OperandKind::kImm: *v = MaskDyn(static_cast<uint64_t>(in.imm), size); return true;
-    case OperandKind::kMem: return Read(EffectiveAddress(in), size, v);
-    default: *v = 0; return true;
-  }
-}
-
-bool Interpreter::WriteOperand(const DecodedInsn& in, const Operand& op, unsigned size,
-                               uint64_t v) noexcept {
-  if (op.kind == OperandKind::kReg) [[likely]] {
-    state_.WriteReg(op.reg, size, v);
-    return true;
-  }
-  if (op.kind == OperandKind::kMem) return Write(EffectiveAddress(in), size, v);
-  return true;
 }
 
 bool Interpreter::Push(unsigned size, uint64_t v) noexcept {
@@ -398,12 +339,62 @@ bool Interpreter::FetchAndDecodeCrossPage(DecodedInsn* out) noexcept {
 // ---------------------------------------------------------------------------
 // The loop.
 
+bool Interpreter::StepSingle(uint64_t* retired) noexcept {
+  uint8_t* host = vcpu_.tlb->Lookup<Access::kFetch>(MmuIndex(), state_.rip, 1);
+  if (host == nullptr && (host = TranslateFetch(state_.rip)) == nullptr) {
+    if (!delivered_) return false;
+    delivered_ = false;
+    return true;
+  }
+  DecodedInsn single;
+  const Block* block = LookupBlock(host);
+  if (block != nullptr) {
+    single = block->insns[0];
+  } else if (!FetchAndDecodeCrossPage(&single)) {
+    if (!delivered_) return false;
+    delivered_ = false;
+    return true;
+  }
+  next_rip_ = single.NextRip(state_.rip);
+  if (Execute(single) == Flow::kStop) return !AfterStop(retired);
+  state_.rip = next_rip_;
+  ++*retired;
+  return !stop_after_;
+}
+
+bool Interpreter::AfterStop(uint64_t* retired) noexcept {
+  if (delivered_) {
+    // An event moved rip to its handler; Run goes on from there.
+    delivered_ = false;
+    if (delivered_trap_) ++*retired;
+    delivered_trap_ = false;
+    return false;
+  }
+  if (stop_ == StopReason::kHalt) ++*retired;
+  return true;
+}
+
 RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
   RunResult result;
   stop_ = StopReason::kBudget;
+  stop_detail_ = "";
+  stop_after_ = false;
   uint64_t retired = 0;
   const uint64_t start_count = state_.instructions;
-  while (retired < max_instructions) {
+  bool stopped = false;
+
+  if (io_read_pending_) {
+    // The instruction that stopped on an I/O read runs again, alone and
+    // before any interrupt, seeing the values CompleteIoRead() supplied.
+    io_read_pending_ = false;
+    io_replay_pos_ = 0;
+    counters_.Inc(InterpreterCounters::kIoReplays);
+    stopped = !StepSingle(&retired);
+    if (stop_ != StopReason::kIoExit || !io_read_pending_) io_replay_count_ = 0;
+    io_replay_pos_ = 0;
+  }
+
+  while (!stopped && retired < max_instructions) {
     // The TSC (RDTSC) reads state_.instructions: keep it current at block
     // granularity.
     state_.instructions = start_count + retired;
@@ -415,40 +406,48 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
       seen_flush_generation_ = gen;
       FlushDecodeCache();
     }
+    // Interrupts are taken at block boundaries, which are instruction
+    // boundaries: a pending interrupt waits at most one block.
+    if (interrupt_check_) [[unlikely]] {
+      if (state_.interrupt_shadow) {
+        state_.interrupt_shadow = false;  // the next block's first instruction runs first
+      } else if (state_.rflags_other & kFlagIf) {
+        MaybeTakeInterrupt();
+        if (stop_ != StopReason::kBudget) break;  // triple fault or host error
+        delivered_ = false;
+      }
+    }
 
     uint8_t* host = vcpu_.tlb->Lookup<Access::kFetch>(MmuIndex(), state_.rip, 1);
-    if (host == nullptr && (host = TranslateFetch(state_.rip)) == nullptr) break;
+    if (host == nullptr && (host = TranslateFetch(state_.rip)) == nullptr) {
+      if (!delivered_) break;
+      delivered_ = false;  // #PF on fetch delivered: go on at the handler
+      continue;
+    }
     const Block* block = LookupBlock(host);
     if (block == nullptr) [[unlikely]] {
-      DecodedInsn single;
-      if (!FetchAndDecodeCrossPage(&single)) break;
-      next_rip_ = single.NextRip(state_.rip);
-      if (Execute(single) == Flow::kStop) {
-        if (stop_ == StopReason::kHalt) ++retired;
-        break;
-      }
-      state_.rip = next_rip_;
-      ++retired;
+      if (!StepSingle(&retired)) break;
       continue;
     }
     const uint64_t budget = max_instructions - retired;
     const uint32_t n = block->num_insns < budget ? block->num_insns : static_cast<uint32_t>(budget);
     block_dirty_ = false;
-    bool stopped = false;
     for (uint32_t i = 0; i < n; ++i) {
       const DecodedInsn& in = block->insns[i];
       next_rip_ = in.NextRip(state_.rip);
       if (block->handlers[i](this, in) == Flow::kStop) [[unlikely]] {
-        if (stop_ == StopReason::kHalt) ++retired;
-        stopped = true;
+        stopped = AfterStop(&retired);
         break;
       }
       state_.rip = next_rip_;
       ++retired;
-      // A store into this block's page: the rest of the block may be stale.
-      if (block_dirty_) [[unlikely]] break;
+      // A store into this block's page (the rest of the block may be
+      // stale), or an exit after this instruction.
+      if (block_dirty_) [[unlikely]] {
+        stopped = stop_after_;
+        break;
+      }
     }
-    if (stopped) break;
   }
   state_.instructions = start_count + retired;
   counters_.Add(InterpreterCounters::kInstructions, retired);
@@ -456,7 +455,10 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
   local_block_hits_ = 0;
   result.reason = stop_;
   result.instructions = retired;
-  if (stop_ == StopReason::kException) result.exception = exception_;
+  result.detail = stop_detail_;
+  if (stop_ == StopReason::kException || stop_ == StopReason::kTripleFault) {
+    result.exception = exception_;
+  }
   return result;
 }
 
@@ -811,6 +813,7 @@ Interpreter::Flow Interpreter::ExecuteOp(const DecodedInsn& in) noexcept {
       if constexpr (kSize == 2) mask &= 0xffff;
       const uint64_t old = state_.Rflags();
       state_.SetRflags((old & ~mask) | (b & mask));
+      interrupt_check_ = true;  // IF may have come on
       return Flow::kNext;
     }
     case Op::kLeave: {
@@ -846,21 +849,17 @@ Interpreter::Flow Interpreter::ExecuteOp(const DecodedInsn& in) noexcept {
 
     case Op::kIn:
     case Op::kOut: {
-      // I/O privilege: CPL <= IOPL (SDM Vol. 1 §19.5.1; the TSS bitmap is not
-      // consulted yet).
-      const unsigned iopl = static_cast<unsigned>((state_.rflags_other & kFlagIopl) >> 12);
-      if (state_.cpl > iopl) return RaiseException(kVectorGp, true, 0);
+      if (!CheckIoPrivilege()) return Flow::kStop;
       const Operand& port_op = kOp == Op::kIn ? in.src : in.dst;
       const uint16_t port = port_op.kind == OperandKind::kImm
                                 ? static_cast<uint16_t>(in.imm & 0xff)
                                 : static_cast<uint16_t>(state_.gpr[kRegRdx] & 0xffff);
-      counters_.Inc(InterpreterCounters::kPio);
       if (kOp == Op::kIn) {
-        uint32_t data = 0xffff'ffff;
-        if (platform_ != nullptr) platform_->PortIn(port, kSize, &data);
+        uint32_t data = 0;
+        if (!PlatformPortIn(port, kSize, &data)) return Flow::kStop;
         state_.WriteReg(kRegRax, kSize, data);
-      } else if (platform_ != nullptr) {
-        platform_->PortOut(port, kSize, static_cast<uint32_t>(state_.ReadReg(kRegRax, kSize)));
+      } else {
+        PlatformPortOut(port, kSize, static_cast<uint32_t>(state_.ReadReg(kRegRax, kSize)));
       }
       return Flow::kNext;
     }
@@ -874,11 +873,14 @@ Interpreter::Flow Interpreter::ExecuteOp(const DecodedInsn& in) noexcept {
     case Op::kSti: {
       const unsigned iopl = static_cast<unsigned>((state_.rflags_other & kFlagIopl) >> 12);
       if (state_.cpl > iopl) return RaiseException(kVectorGp, true, 0);
-      // TODO(interrupts): STI's one-instruction interrupt shadow.
       if (kOp == Op::kCli) {
         state_.rflags_other &= ~kFlagIf;
-      } else {
+      } else if (!(state_.rflags_other & kFlagIf)) {
+        // STI that sets IF holds interrupts off for one more instruction
+        // (SDM Vol. 2B "STI"), which makes "sti; hlt" race-free.
         state_.rflags_other |= kFlagIf;
+        state_.interrupt_shadow = true;
+        interrupt_check_ = true;
       }
       return Flow::kNext;
     }
@@ -929,9 +931,32 @@ Interpreter::Flow Interpreter::ExecuteOp(const DecodedInsn& in) noexcept {
       return RaiseException(kVectorUd);
     case Op::kInt3:
     case Op::kInt:
-      // Traps: the saved rip is the next instruction.
-      state_.rip = next_rip_;
-      return RaiseException(kOp == Op::kInt3 ? kVectorBp : static_cast<uint8_t>(in.imm));
+    case Op::kIns:
+    case Op::kOuts:
+    case Op::kIret:
+    case Op::kRetFar:
+    case Op::kSyscall:
+    case Op::kSysret:
+    case Op::kSwapgs:
+    case Op::kRdmsr:
+    case Op::kWrmsr:
+    case Op::kMovToCr:
+    case Op::kMovFromCr:
+    case Op::kClts:
+    case Op::kWbinvd:
+    case Op::kInvd:
+    case Op::kInvlpg:
+    case Op::kLgdt:
+    case Op::kLidt:
+    case Op::kSgdt:
+    case Op::kSidt:
+    case Op::kLldt:
+    case Op::kLtr:
+    case Op::kSldt:
+    case Op::kStr:
+    case Op::kMovToSreg:
+    case Op::kMovFromSreg:
+      return ExecuteSystem(in);
     default:
       return Unimplemented(in);
   }
@@ -991,6 +1016,12 @@ Interpreter::Flow Interpreter::StringOp(const DecodedInsn& in) noexcept {
     }
     if (!rep) return Flow::kNext;
     state_.WriteReg(kRegRcx, as, state_.ReadReg(kRegRcx, as) - 1);
+    if (stop_after_) [[unlikely]] {
+      // An MMIO write exited: stop between iterations (see StringIo).
+      if (state_.ReadReg(kRegRcx, as) == 0) return Flow::kNext;
+      stop_after_ = false;
+      return Flow::kStop;
+    }
     if (compare) {
       // REPE stops on ZF = 0, REPNE on ZF = 1.
       const bool zf = EvalCondition(state_.flags, kCondE);

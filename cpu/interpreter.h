@@ -2,10 +2,9 @@
 //
 // An Interpreter is bound to one vCPU's CpuState, its VcpuMmu (whose SoftTlb
 // serves every access) and the VM's PagingStrategy (the TLB miss path), plus
-// a CpuPlatform for what leaves the CPU (port I/O, MMIO). Run() executes
-// guest instructions until a budget is used, HLT, or an event the interpreter
-// does not handle itself yet (an exception: IDT delivery comes later and will
-// be added inside RaiseException(), the single place every fault goes through).
+// a CpuPlatform for what leaves the CPU (port I/O, MMIO, the interrupt
+// controller). Run() executes guest instructions until a budget is used, HLT,
+// an I/O exit, or a triple fault.
 //
 // Execution model (docs/cpu.md, "How a vCPU will run"):
 //   - Fetch: the code page's host address comes from SoftTlb::Lookup<kFetch>
@@ -31,9 +30,12 @@
 //   - FrameTable invalidations (the strategy's flush generation moves): every
 //     decoded block is dropped, since a host frame may now hold other content.
 //
-// Not yet here (see docs/cpu.md): IDT delivery, interrupts, system
-// instructions (MOV CR, MSRs, SYSCALL, descriptor tables), INS/OUTS, x87/SSE.
-// Unimplemented instructions raise #UD, are counted and logged (rate-limited).
+// System state (cpu/system.cc): exceptions, INT n and external interrupts are
+// delivered through the 64-bit IDT with #DF and triple-fault handling; MOV
+// CR, MSRs, SYSCALL/SYSRET, SWAPGS, IRETQ, far RET, descriptor tables, INS/
+// OUTS. Only 64-bit mode exists: a transfer to a non-64-bit code segment is
+// #GP. Not here: x87/SSE. Unimplemented instructions raise #UD, are counted
+// and logged with their bytes (rate-limited).
 //
 // Thread safety: one Interpreter per vCPU, used only on that vCPU's thread.
 // Counters may be read from any thread.
@@ -42,6 +44,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 
@@ -67,28 +70,72 @@ namespace cpu {
   X(Pio, pio)                                                                     \
   X(SmcInvalidations, smc_invalidations)                                          \
   X(CacheFlushes, cache_flushes)      /* whole block cache dropped */             \
-  X(Exceptions, exceptions)
+  X(Exceptions, exceptions)          /* raised, delivered or not */          \
+  X(Interrupts, interrupts)          /* external interrupts delivered */     \
+  X(DoubleFaults, double_faults)                                              \
+  X(TripleFaults, triple_faults)                                              \
+  X(IoExits, io_exits)               /* IoStatus::kExit answers */           \
+  X(IoReplays, io_replays)           /* instructions re-run with a read value */ \
+  X(UnknownMsrs, unknown_msrs)       /* RDMSR/WRMSR #GP for an MSR we lack */ \
+  X(Cr3Writes, cr3_writes)                                                    \
+  X(Invlpgs, invlpgs)                                                         \
+  X(Syscalls, syscalls)
 BASE_DEFINE_COUNTERS(InterpreterCounters, CPU_INTERPRETER_COUNTERS);
 
-// What leaves the CPU. Implemented by the VMM's device model (tests use fakes).
-// Called on the vCPU thread.
+// What a port or MMIO access asks of the CPU.
+enum class IoStatus : uint8_t {
+  // Done: a read's value is in *data; a write has taken effect.
+  kDone,
+  // The platform needs its caller (the VMM's exit loop) before the access
+  // completes. A read: the instruction is abandoned with no architectural
+  // effect and Run() stops with kIoExit; once the value is known, the VMM
+  // calls CompleteIoRead() and the next Run() re-executes the instruction,
+  // which then sees that value (before any interrupt is taken). A write: the
+  // platform has captured the data; the instruction (or, for REP INS/OUTS/
+  // MOVS/STOS, the current iteration) completes and Run() stops with kIoExit
+  // right after it.
+  kExit,
+};
+
+// What leaves the CPU: port I/O, MMIO, MSRs the CPU does not implement, and
+// the local interrupt controller. Implemented by the soft backend's vCPU
+// (tests use fakes). Called on the vCPU thread.
 class CpuPlatform {
  public:
   virtual ~CpuPlatform() = default;
   // IN: `size` is 1, 2 or 4; the result goes to the low `size` bytes of *data.
-  virtual void PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept = 0;
-  virtual void PortOut(uint16_t port, uint8_t size, uint32_t data) noexcept = 0;
+  virtual IoStatus PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept = 0;
+  virtual IoStatus PortOut(uint16_t port, uint8_t size, uint32_t data) noexcept = 0;
   // MMIO at a guest-physical address that is not RAM; size 1..8, never
-  // crossing a page. Return false if nothing decodes the address: reads then
-  // see all ones and writes are dropped (an unclaimed bus cycle).
-  virtual bool MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept = 0;
-  virtual bool MmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept = 0;
+  // crossing a page. An address nothing decodes reads all ones and drops
+  // writes (an unclaimed bus cycle); that is the platform's to do.
+  virtual IoStatus MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept = 0;
+  virtual IoStatus MmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept = 0;
+  // RDMSR/WRMSR of an MSR the CPU itself does not hold (e.g. IA32_APIC_BASE).
+  // false: the MSR does not exist or refuses the value, and the CPU raises
+  // #GP(0).
+  virtual bool ReadMsr(uint32_t /*msr*/, uint64_t* /*value*/) noexcept { return false; }
+  virtual bool WriteMsr(uint32_t /*msr*/, uint64_t /*value*/) noexcept { return false; }
+  // The local interrupt controller. PendingInterrupt: the vector the CPU
+  // should take now if interrupts are enabled, or -1. The CPU asks only after
+  // RequestInterruptCheck() and with RFLAGS.IF = 1 outside an interrupt
+  // shadow, then Acknowledge()s the vector it delivers.
+  virtual int PendingInterrupt() noexcept { return -1; }
+  virtual void AcknowledgeInterrupt(uint8_t /*vector*/) noexcept {}
+  // CR8 (the task-priority class, SDM Vol. 3A §11.8.6).
+  virtual uint8_t ReadCr8() noexcept { return 0; }
+  virtual void WriteCr8(uint8_t /*value*/) noexcept {}
 };
 
 // Exception vectors (SDM Vol. 3A §6.15, Table 6-1).
 inline constexpr uint8_t kVectorDe = 0;
+inline constexpr uint8_t kVectorDb = 1;
+inline constexpr uint8_t kVectorNmi = 2;
 inline constexpr uint8_t kVectorBp = 3;
 inline constexpr uint8_t kVectorUd = 6;
+inline constexpr uint8_t kVectorDf = 8;
+inline constexpr uint8_t kVectorTs = 10;
+inline constexpr uint8_t kVectorNp = 11;
 inline constexpr uint8_t kVectorSs = 12;
 inline constexpr uint8_t kVectorGp = 13;
 inline constexpr uint8_t kVectorPf = 14;
@@ -103,16 +150,18 @@ struct PendingException {
 enum class StopReason : uint8_t {
   kBudget,      // max_instructions retired
   kHalt,        // HLT retired; rip is after it
-  kException,   // `exception` raised and not delivered; rip is the faulting instruction
-                // (for traps, INT3/INT n, the next one)
-  kTripleFault, // a fault while handling a fault (reserved for IDT delivery)
+  kException,   // `exception` raised and not delivered (set_deliver_events(false));
+                // rip is the faulting instruction (for traps, INT3/INT n, the next one)
+  kIoExit,      // the platform answered IoStatus::kExit (see IoStatus)
+  kTripleFault, // a fault while delivering a double fault: the machine shuts down
   kHostError,   // the strategy could not back RAM (TranslateResult::kHostError)
 };
 
 struct RunResult {
   StopReason reason = StopReason::kBudget;
   uint64_t instructions = 0;  // retired by this Run
-  PendingException exception;
+  PendingException exception;  // kException; for kTripleFault the last fault
+  std::string_view detail;     // kTripleFault, kHostError: why, for the report
 };
 
 class Interpreter {
@@ -138,6 +187,22 @@ class Interpreter {
   // behind the CPU's back).
   void FlushDecodeCache() noexcept;
 
+  // Exceptions and INT n go through the guest IDT (true; the soft backend) or
+  // stop Run() with kException and the faulting state (false; the default,
+  // for instruction-level tests).
+  void set_deliver_events(bool deliver) noexcept { deliver_events_ = deliver; }
+  // Something may have become deliverable (the platform's interrupt
+  // controller changed): the CPU asks PendingInterrupt() at the next
+  // instruction boundary where RFLAGS.IF = 1. Cheap; call freely.
+  void RequestInterruptCheck() noexcept { interrupt_check_ = true; }
+  // The value of the read that ended the last Run() with kIoExit (low bytes,
+  // size of the access). The next Run() re-executes the instruction with it.
+  void CompleteIoRead(uint64_t value) noexcept;
+  // The CPU state changed from outside (registers loaded, CR0/CR4/EFER/CR3
+  // set): re-derive the translation registers in the VcpuMmu and tell the
+  // strategy.
+  void SyncPagingRegisters() noexcept;
+
   const InterpreterCounters& counters() const { return counters_; }
 
   // The CPUID leaf table (documented in interpreter.cc). Public for tests.
@@ -148,7 +213,9 @@ class Interpreter {
     uint64_t generation = 0;
     bool has_code = false;
   };
-  // What executing one instruction did.
+  // What executing one instruction did. kStop: leave the block; stop_ says
+  // whether Run() goes on (kDelivered: an event redirected rip, which is
+  // already set; the instruction retired only if it was a trap).
   enum class Flow : uint8_t { kNext, kStop };
   using Handler = Flow (*)(Interpreter*, const DecodedInsn&) noexcept;
 
@@ -240,11 +307,54 @@ class Interpreter {
     return state_.cpl == 3 ? mmu::SoftTlb::MmuIdx::kUser : mmu::SoftTlb::MmuIdx::kSupervisor;
   }
 
-  // The one place faults go. Today: records the exception and stops Run();
-  // IDT delivery will happen here.
+  // The one place faults go (cpu/system.cc): delivers the exception through
+  // the IDT (or stops Run() when events are not delivered). Traps (INT3,
+  // INT n) set state_.rip to the next instruction first.
   Flow RaiseException(uint8_t vector, bool has_error_code = false, uint32_t error_code = 0,
                       uint64_t cr2 = 0) noexcept;
   Flow Unimplemented(const DecodedInsn& in) noexcept;
+
+  // --- System (cpu/system.cc) ---
+  enum class EventKind : uint8_t { kException, kSoftwareInt, kExternal };
+  // Delivers one event through the 64-bit IDT (SDM Vol. 3A §6.14), turning
+  // faults during delivery into #DF and a fault delivering #DF into a triple
+  // fault (§6.15, Table 6-5).
+  void DeliverEvent(uint8_t vector, EventKind kind, bool has_error_code, uint32_t error_code) noexcept;
+  // One delivery attempt; false if a fault interrupted it (recorded in nested_).
+  bool TryDeliver(uint8_t vector, EventKind kind, bool has_error_code, uint32_t error_code) noexcept;
+  Flow ExecuteSystem(const DecodedInsn& in) noexcept;
+  Flow StringIo(const DecodedInsn& in) noexcept;
+  bool CheckIoPrivilege() noexcept;
+  // Reads the 8-byte descriptor `selector` names in the GDT (LDT: #GP).
+  // Raises #GP(selector) when it is outside the table.
+  bool ReadDescriptor(uint16_t selector, uint64_t* desc) noexcept;
+  // Implicit supervisor accesses (descriptor tables, TSS, the delivery
+  // stack): done at CPL 0 whatever the current CPL.
+  bool ReadSystem(uint64_t gva, unsigned size, uint64_t* value) noexcept;
+  bool WriteSystem(uint64_t gva, unsigned size, uint64_t value) noexcept;
+  // Loads CS for a far transfer to `selector` (64-bit code only); sets cpl.
+  bool LoadCs(uint16_t selector, uint8_t new_cpl) noexcept;
+  // Checks and loads a data segment register (MOV Sreg, POP, IRET, RETF).
+  bool LoadDataSegment(uint8_t sreg, uint16_t selector) noexcept;
+  bool FarReturn(const DecodedInsn& in) noexcept;
+  bool Iret(const DecodedInsn& in) noexcept;
+  bool WriteCr(uint8_t cr, uint64_t value) noexcept;
+  bool ReadMsr(uint32_t msr, uint64_t* value) noexcept;
+  bool WriteMsr(uint32_t msr, uint64_t value) noexcept;
+  void SetCpl(uint8_t cpl) noexcept { state_.cpl = cpl; }
+  // Platform I/O with the replay protocol (IoStatus). false: stop (kIoExit).
+  bool PlatformPortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept;
+  bool PlatformPortOut(uint16_t port, uint8_t size, uint32_t data) noexcept;
+  bool PlatformMmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept;
+  bool PlatformMmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept;
+  // Executes the instruction at rip once, alone (cross-page, I/O replay).
+  // Returns false if Run() must stop.
+  bool StepSingle(uint64_t* retired) noexcept;
+  // After a handler returned kStop: true if Run() stops (else an event was
+  // delivered and execution goes on at rip).
+  bool AfterStop(uint64_t* retired) noexcept;
+  // Takes a pending external interrupt if one is deliverable now.
+  void MaybeTakeInterrupt() noexcept;
 
   CpuState& state_;
   mmu::VcpuMmu& vcpu_;
@@ -253,9 +363,31 @@ class Interpreter {
 
   // Set by the executing instruction.
   uint64_t next_rip_ = 0;
-  bool block_dirty_ = false;  // the running block's page was written
+  // Leave the block after this instruction: its page was written (SMC), the
+  // machine state the block was decoded under changed, or stop_after_.
+  bool block_dirty_ = false;
+  // Stop Run() after this instruction retires (a write that exits).
+  bool stop_after_ = false;
   StopReason stop_ = StopReason::kBudget;
   PendingException exception_;
+  const char* stop_detail_ = "";
+
+  // Events.
+  bool deliver_events_ = false;
+  bool interrupt_check_ = false;
+  bool delivered_ = false;       // an event redirected rip during this instruction
+  bool delivered_trap_ = false;  // ... and the instruction retired (INT n, INT3, SYSCALL-like)
+  // Inside TryDeliver: a fault is recorded here instead of being delivered.
+  bool delivering_ = false;
+  PendingException nested_;
+
+  // The I/O replay log (IoStatus::kExit on a read): values returned to the
+  // instruction being re-executed, in order.
+  static constexpr unsigned kMaxIoReplay = 4;
+  uint64_t io_replay_[kMaxIoReplay] = {};
+  unsigned io_replay_count_ = 0;  // values known
+  unsigned io_replay_pos_ = 0;    // values consumed by the running instruction
+  bool io_read_pending_ = false;  // the last Run() stopped on a read exit
 
   std::unique_ptr<Block[]> blocks_;
   std::unordered_map<uintptr_t, PageInfo> pages_;

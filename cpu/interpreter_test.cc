@@ -57,21 +57,23 @@ enum Reg { kRax, kRcx, kRdx, kRbx, kRsp, kRbp, kRsi, kRdi, kR8, kR9, kR10, kR11,
 
 class FakePlatform : public CpuPlatform {
  public:
-  void PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept override {
+  IoStatus PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept override {
     ins.push_back({port, size, 0});
     *data = 0x5a;
+    return IoStatus::kDone;
   }
-  void PortOut(uint16_t port, uint8_t size, uint32_t data) noexcept override {
+  IoStatus PortOut(uint16_t port, uint8_t size, uint32_t data) noexcept override {
     outs.push_back({port, size, data});
+    return IoStatus::kDone;
   }
-  bool MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept override {
+  IoStatus MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept override {
     mmio_reads.push_back({gpa, size, 0});
     *data = 0xabcd;
-    return true;
+    return IoStatus::kDone;
   }
-  bool MmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept override {
+  IoStatus MmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept override {
     mmio_writes.push_back({gpa, size, data});
-    return true;
+    return IoStatus::kDone;
   }
   struct Io {
     uint64_t where;
@@ -421,7 +423,7 @@ TEST_F(InterpreterTest, Ud2RaisesUd) {
 }
 
 TEST_F(InterpreterTest, UnimplementedOpRaisesUdAndIsCounted) {
-  const uint8_t code[] = {0x0f, 0x01, 0xf8};  // swapgs
+  const uint8_t code[] = {0xc8, 0x10, 0x00, 0x01};  // enter 16, 1: nesting levels are not run
   Load(code, code + sizeof(code));
   const RunResult r = interp_->Run(10);
   ASSERT_EQ(r.reason, StopReason::kException);

@@ -1,7 +1,7 @@
 // The backend interfaces: Hypervisor -> Vm -> Vcpu.
 //
-// One implementation per backend: `kvm` (kvm_hypervisor.h) and, in its own
-// issue, `soft` (the software CPU). Everything above this interface (the
+// One implementation per backend: `kvm` (kvm_hypervisor.h) and `soft` (the
+// software CPU, soft_hypervisor.h). Everything above this interface (the
 // machine, devices, exit handling, reports) is backend-neutral, in the manner
 // of Cloud Hypervisor's `hypervisor` crate: Vcpu::Run() returns an exit that a
 // plain function (exit_handler.h) turns into device calls.
@@ -114,6 +114,16 @@ class Vm {
   virtual absl::StatusOr<BackendStats> Stats() = 0;
 };
 
+class FrameTable;
+
+// What a backend is told about a VM it creates.
+struct VmSetup {
+  // The VM's guest RAM. The kvm backend maps it with Vm::MapRam; the soft
+  // backend's paging strategy reads guest memory through it and listens to
+  // its invalidations. Must outlive the Vm.
+  FrameTable* memory = nullptr;
+};
+
 class Hypervisor {
  public:
   virtual ~Hypervisor() = default;
@@ -124,7 +134,7 @@ class Hypervisor {
   // True where `syscall` from CPL3 does not reach the guest kernel (PVM); the
   // guest is then told to use its trap-based entry.
   virtual bool needs_trap_syscall_entry() const = 0;
-  virtual absl::StatusOr<std::unique_ptr<Vm>> CreateVm() = 0;
+  virtual absl::StatusOr<std::unique_ptr<Vm>> CreateVm(const VmSetup& setup) = 0;
 };
 
 }  // namespace vmm

@@ -453,7 +453,7 @@ KvmHypervisor::~KvmHypervisor() {
   if (kvm_fd_ >= 0) close(kvm_fd_);
 }
 
-absl::StatusOr<std::unique_ptr<Vm>> KvmHypervisor::CreateVm() {
+absl::StatusOr<std::unique_ptr<Vm>> KvmHypervisor::CreateVm(const VmSetup& /*setup*/) {
   const int vm_fd = ioctl(kvm_fd_, KVM_CREATE_VM, 0);
   if (vm_fd < 0) return ErrnoError("KVM_CREATE_VM");
   auto vm = std::make_unique<KvmVm>(*this, vm_fd);

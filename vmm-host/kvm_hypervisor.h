@@ -32,7 +32,7 @@ class KvmHypervisor final : public Hypervisor {
   std::string_view name() const override { return "kvm"; }
   std::string paging_mode() const override { return paging_mode_; }
   bool needs_trap_syscall_entry() const override { return is_pvm_; }
-  absl::StatusOr<std::unique_ptr<Vm>> CreateVm() override;
+  absl::StatusOr<std::unique_ptr<Vm>> CreateVm(const VmSetup& setup) override;
 
   int fd() const { return kvm_fd_; }
   int vcpu_mmap_size() const { return vcpu_mmap_size_; }

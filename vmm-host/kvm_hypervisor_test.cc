@@ -42,7 +42,7 @@ TEST(KvmHypervisorTest, CreatesVmAndVcpuAndReadsBinaryStats) {
   kvm_abi::Cpuid2Header header;
   std::memcpy(&header, (*hv)->supported_cpuid(), sizeof(header));
   EXPECT_GT(header.nent, 0u) << "KVM_GET_SUPPORTED_CPUID with the C layout";
-  absl::StatusOr<std::unique_ptr<Vm>> vm = (*hv)->CreateVm();
+  absl::StatusOr<std::unique_ptr<Vm>> vm = (*hv)->CreateVm({});
   ASSERT_TRUE(vm.ok()) << vm.status();
   absl::StatusOr<std::unique_ptr<Vcpu>> vcpu = (*vm)->CreateVcpu(0);
   ASSERT_TRUE(vcpu.ok()) << vcpu.status();

@@ -64,7 +64,7 @@ absl::Status Machine::Init() {
     return gpa >= 0x100000 && layout.IsRam(gpa, len);
   }));
   ASSIGN_OR_RETURN(memory_, FrameTable::Create(env_.pool, {config_.name, layout.ram, true}));
-  ASSIGN_OR_RETURN(vm_, env_.hypervisor->CreateVm());
+  ASSIGN_OR_RETURN(vm_, env_.hypervisor->CreateVm({.memory = memory_.get()}));
   for (const RamMapping& m : memory_->Mappings()) {
     TRY(vm_->MapRam(m.gpa, m.size_bytes, m.host));
   }
@@ -201,6 +201,8 @@ MachineResult Machine::Wait() {
   if (thread_.joinable()) thread_.join();
   MachineResult r;
   r.name = config_.name;
+  r.backend = std::string(env_.hypervisor->name());
+  r.paging_mode = env_.hypervisor->paging_mode();
   {
     absl::MutexLock lock(&mu_);
     r.outcome = outcome_;

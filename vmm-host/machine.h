@@ -49,6 +49,8 @@ const char* MachineOutcomeName(MachineOutcome outcome);
 
 struct MachineResult {
   std::string name;
+  std::string backend;      // "kvm", "soft"
+  std::string paging_mode;  // Hypervisor::paging_mode()
   MachineOutcome outcome = MachineOutcome::kStopped;
   std::optional<uint32_t> exit_code;  // the guest's debug-exit code
   std::string failure;                // one line, when not a clean exit

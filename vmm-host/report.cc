@@ -66,8 +66,12 @@ std::string RenderReport(const HostReport& host, const std::vector<MachineResult
     Json results = Json::object();
     for (const GuestResult& g : r.results) results[g.name] = g.value;
     v["results"] = results;
-    v["kvm_vm_stats"] = StatsJson(r.vm_stats);
-    v["kvm_vcpu_stats"] = StatsJson(r.vcpu_stats);
+    v["backend"] = r.backend;
+    v["paging_mode"] = r.paging_mode;
+    // The backend's own statistics: KVM's binary stats, or the soft CPU's,
+    // LAPIC's and paging strategy's counters.
+    v[r.backend + "_vm_stats"] = StatsJson(r.vm_stats);
+    v[r.backend + "_vcpu_stats"] = StatsJson(r.vcpu_stats);
     list.push_back(std::move(v));
     if (r.ok()) {
       ++ok;

@@ -53,6 +53,8 @@ absl::StatusOr<VmConfig> ParseVm(const Json& j, const std::string& where, VmConf
       ASSIGN_OR_RETURN(vm.name, StringField(v, field));
     } else if (key == "backend") {
       ASSIGN_OR_RETURN(vm.backend, StringField(v, field));
+    } else if (key == "paging") {
+      ASSIGN_OR_RETURN(vm.paging, StringField(v, field));
     } else if (key == "ram") {
       ASSIGN_OR_RETURN(vm.ram_bytes, SizeField(v, field));
     } else if (key == "vcpus") {
@@ -134,6 +136,11 @@ absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text) {
     } else if (key == "echo_console") {
       if (!v.is_boolean()) return FieldError(key, "expected true or false");
       config.echo_console = v.get<bool>();
+    } else if (key == "soft_cpu_khz") {
+      if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
+        return FieldError(key, "expected a positive integer (kHz)");
+      }
+      config.soft_cpu_khz = v.get<uint64_t>();
     } else if (key == "vms") {
       if (!v.is_array()) return FieldError(key, "expected an array of VM objects");
       for (size_t i = 0; i < v.size(); ++i) {
@@ -176,6 +183,9 @@ absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
 }
 
 absl::Status ValidateRunConfig(const RunConfig& config) {
+  if (config.soft_cpu_khz < 1000 || config.soft_cpu_khz > 100'000'000) {
+    return FieldError("soft_cpu_khz", "expected 1000 (1 MHz) to 100000000 (100 GHz)");
+  }
   if (config.vms.empty()) return absl::InvalidArgumentError("config: vms: no VMs to run");
   std::set<std::string> names;
   for (size_t i = 0; i < config.vms.size(); ++i) {
@@ -192,9 +202,8 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
     if (vm.backend != "kvm" && vm.backend != "soft") {
       return FieldError(absl::StrCat(where, ".backend"), "expected \"kvm\" or \"soft\"");
     }
-    if (vm.backend == "soft") {
-      return FieldError(absl::StrCat(where, ".backend"),
-                        "the soft backend is not available in this build yet");
+    if (vm.paging != "native") {
+      return FieldError(absl::StrCat(where, ".paging"), "expected \"native\"");
     }
     if (!IsKnownWorkload(vm.workload)) {
       std::string known;

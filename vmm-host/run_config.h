@@ -22,6 +22,9 @@ bool IsKnownWorkload(std::string_view name);
 struct VmConfig {
   std::string name;
   std::string backend = "kvm";
+  // The soft backend's paging strategy (docs/paging-strategies.md): every
+  // guest memory access on `soft` goes through it. Ignored on kvm.
+  std::string paging = "native";
   uint64_t ram_bytes = uint64_t{64} << 20;
   int vcpus = 1;
   std::string workload = "mix";
@@ -37,6 +40,9 @@ struct RunConfig {
   std::string report_path = "vmm-report.json";
   std::string log_dir = "vmm-logs";
   bool echo_console = false;
+  // The soft backend's modelled CPU frequency in kHz: one guest instruction
+  // is one cycle of it (docs/cpu.md, "Time").
+  uint64_t soft_cpu_khz = 1'000'000;
 };
 
 // Parses "64M", "1G", "4096K", "1048576" (bytes) into bytes.

@@ -20,7 +20,11 @@
 #include "vmm-host/vmm_runner.h"
 
 ABSL_FLAG(std::string, config, "", "JSON run config describing the VMs (docs/vmm.md)");
-ABSL_FLAG(std::string, backend, "kvm", "execution backend: kvm (soft comes in a later release)");
+ABSL_FLAG(std::string, backend, "kvm",
+          "execution backend: kvm (/dev/kvm) or soft (our interpreter; every access through --paging)");
+ABSL_FLAG(std::string, paging, "native", "soft backend paging strategy: native");
+ABSL_FLAG(uint64_t, soft_cpu_khz, 1000000,
+          "soft backend: modelled CPU frequency in kHz (one instruction per cycle)");
 ABSL_FLAG(std::string, ram, "64M", "guest RAM per VM, e.g. 64M or 1G");
 ABSL_FLAG(int, vcpus, 1, "vCPUs per VM");
 ABSL_FLAG(int, count, 3, "number of identical VMs (without --config)");
@@ -85,6 +89,7 @@ absl::StatusOr<vmm::RunConfig> BuildConfig() {
   if (!ram.ok()) return absl::InvalidArgumentError(absl::StrCat("--ram: ", ram.status().message()));
   for (vmm::VmConfig& vm : config.vms) {
     if (all || Specified("backend")) vm.backend = absl::GetFlag(FLAGS_backend);
+    if (all || Specified("paging")) vm.paging = absl::GetFlag(FLAGS_paging);
     if (all || Specified("ram")) vm.ram_bytes = *ram;
     if (all || Specified("vcpus")) vm.vcpus = absl::GetFlag(FLAGS_vcpus);
     if (all || Specified("workload")) vm.workload = absl::GetFlag(FLAGS_workload);
@@ -103,6 +108,7 @@ absl::StatusOr<vmm::RunConfig> BuildConfig() {
   if (all || Specified("log_dir")) config.log_dir = absl::GetFlag(FLAGS_log_dir);
   if (all || Specified("kernel")) config.kernel_path = absl::GetFlag(FLAGS_kernel);
   if (all || Specified("echo_console")) config.echo_console = absl::GetFlag(FLAGS_echo_console);
+  if (all || Specified("soft_cpu_khz")) config.soft_cpu_khz = absl::GetFlag(FLAGS_soft_cpu_khz);
   return config;
 }
 

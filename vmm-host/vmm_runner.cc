@@ -5,19 +5,27 @@
 #include <chrono>
 #include <thread>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "vmm-host/frame_pool.h"
 #include "vmm-host/kvm_hypervisor.h"
 #include "vmm-host/report.h"
+#include "vmm-host/soft_hypervisor.h"
 
 namespace vmm {
 namespace {
 
 // Threads that create VMs concurrently.
 constexpr size_t kCreateThreads = 8;
+
+// VMs with the same key share a hypervisor.
+std::string HypervisorKey(const VmConfig& vm) {
+  return vm.backend == "soft" ? absl::StrCat("soft/", vm.paging) : vm.backend;
+}
 
 }  // namespace
 
@@ -47,13 +55,25 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
         "memory policies of later releases)",
         total_ram >> 20, budget >> 20));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<Hypervisor> hv, KvmHypervisor::Create());
+  // One hypervisor per backend (and, on soft, per paging strategy) in use.
+  absl::flat_hash_map<std::string, std::unique_ptr<Hypervisor>> hypervisors;
+  for (const VmConfig& vm : config.vms) {
+    const std::string key = HypervisorKey(vm);
+    if (hypervisors.contains(key)) continue;
+    if (vm.backend == "kvm") {
+      ASSIGN_OR_RETURN(hypervisors[key], KvmHypervisor::Create());
+    } else {
+      SoftOptions options;
+      options.paging = vm.paging;
+      options.cpu_khz = config.soft_cpu_khz;
+      ASSIGN_OR_RETURN(hypervisors[key], SoftHypervisor::Create(options));
+    }
+  }
   FramePool::Options pool_options;
   pool_options.budget_bytes = budget;
   ASSIGN_OR_RETURN(std::unique_ptr<FramePool> pool, FramePool::Create(pool_options));
 
   MachineEnv env;
-  env.hypervisor = hv.get();
   env.pool = pool.get();
   env.image = &image;
   env.log_dir = config.log_dir;
@@ -69,7 +89,11 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
     std::vector<std::thread> threads;
     for (size_t w = 0; w < workers; ++w) {
       threads.emplace_back([&] {
-        for (size_t i = next++; i < n; i = next++) created[i] = Machine::Create(config.vms[i], env);
+        for (size_t i = next++; i < n; i = next++) {
+          MachineEnv vm_env = env;
+          vm_env.hypervisor = hypervisors.at(HypervisorKey(config.vms[i])).get();
+          created[i] = Machine::Create(config.vms[i], vm_env);
+        }
       });
     }
     for (std::thread& t : threads) t.join();
@@ -119,8 +143,19 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
     }
   }
   HostReport host;
-  host.backend = std::string(hv->name());
-  host.paging_mode = hv->paging_mode();
+  // The backends and paging modes in use, in VM order, without repeats.
+  std::vector<std::string> backends, modes;
+  for (const VmConfig& vm : config.vms) {
+    const Hypervisor& hv = *hypervisors.at(HypervisorKey(vm));
+    if (std::find(backends.begin(), backends.end(), hv.name()) == backends.end()) {
+      backends.emplace_back(hv.name());
+    }
+    if (std::find(modes.begin(), modes.end(), hv.paging_mode()) == modes.end()) {
+      modes.push_back(hv.paging_mode());
+    }
+  }
+  host.backend = absl::StrJoin(backends, "+");
+  host.paging_mode = absl::StrJoin(modes, "+");
   host.budget_frames = pool->capacity_frames();
   host.frames_charged = pool->frames_charged();
   if (absl::StatusOr<uint64_t> resident = pool->ResidentFrames(); resident.ok()) {

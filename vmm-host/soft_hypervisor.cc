@@ -1,0 +1,510 @@
+#include "vmm-host/soft_hypervisor.h"
+
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "base/check.h"
+#include "base/status.h"
+#include "cpu/cpu_state.h"
+#include "cpu/interpreter.h"
+#include "cpu/ioapic.h"
+#include "cpu/lapic.h"
+#include "cpu/native_strategy.h"
+#include "mmu/soft_tlb.h"
+#include "vmm-host/frame_table.h"
+#include "vmm-host/memory_layout.h"
+#include "vmm-host/strategy_listener.h"
+
+namespace vmm {
+namespace {
+
+// The LAPIC timer's input clock: 1 GHz, what QEMU and KVM model and what the
+// guest assumes when its boot info says 0 (guest/boot_info.h).
+constexpr uint64_t kLapicKhz = 1'000'000;
+// A halted vCPU with interrupts on but nothing armed waits for a posted
+// interrupt or a kick this long between checks.
+constexpr absl::Duration kIdleWait = absl::Milliseconds(2);
+
+class SoftVm;
+
+#define VMM_SOFT_VCPU_COUNTERS(X)                                                       \
+  X(Runs, runs)                                                                         \
+  X(IdleSkips, idle_skips)                   /* halts that jumped to the next timer event */ \
+  X(IdleSkippedCycles, idle_skipped_cycles)                                             \
+  X(IdleWaits, idle_waits)                   /* halted, waiting for a device interrupt */ \
+  X(LapicAccesses, lapic_accesses)                                                      \
+  X(IoapicAccesses, ioapic_accesses)
+BASE_DEFINE_COUNTERS(SoftVcpuCounters, VMM_SOFT_VCPU_COUNTERS);
+
+// One vCPU: its architectural state, soft TLB, local APIC and interpreter.
+// It is the interpreter's CpuPlatform: interrupt controller accesses are
+// served here, everything else becomes an exit.
+class SoftVcpu final : public Vcpu, public cpu::CpuPlatform {
+ public:
+  SoftVcpu(SoftVm* vm, int index);
+  ~SoftVcpu() override;
+
+  absl::Status Attach();
+
+  int index() const override { return index_; }
+  absl::StatusOr<VcpuExit> Run() override;
+  void Kick() override {
+    kicked_.store(true, std::memory_order_release);
+    absl::MutexLock lock(&wake_mu_);
+    wake_.SignalAll();
+  }
+  absl::Status SetLongModeEntry(const LongModeEntry& entry) override;
+  absl::StatusOr<VcpuRegisters> GetRegisters() override;
+  absl::StatusOr<BackendStats> Stats() override;
+
+  // An interrupt from the I/O APIC (any thread).
+  void PostInterrupt(uint8_t vector, bool level) {
+    lapic_.Post(vector, level);
+    absl::MutexLock lock(&wake_mu_);
+    wake_.SignalAll();
+  }
+  uint8_t apic_id() const { return lapic_.id(); }
+
+  // cpu::CpuPlatform.
+  cpu::IoStatus PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept override;
+  cpu::IoStatus PortOut(uint16_t port, uint8_t size, uint32_t data) noexcept override;
+  cpu::IoStatus MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept override;
+  cpu::IoStatus MmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept override;
+  bool ReadMsr(uint32_t msr, uint64_t* value) noexcept override;
+  bool WriteMsr(uint32_t msr, uint64_t value) noexcept override;
+  int PendingInterrupt() noexcept override { return lapic_.HighestDeliverable(); }
+  void AcknowledgeInterrupt(uint8_t vector) noexcept override { lapic_.Acknowledge(vector); }
+  uint8_t ReadCr8() noexcept override { return lapic_.cr8(); }
+  void WriteCr8(uint8_t value) noexcept override { lapic_.set_cr8(value); }
+
+ private:
+  // Guest time in LAPIC input ticks.
+  uint64_t LapicNow() const;
+  // Guest cycles until LAPIC tick `tick` (at least 1), or UINT64_MAX.
+  uint64_t CyclesUntil(uint64_t tick) const;
+  // A write exit captured during Run, returned by later Run() calls in order.
+  struct QueuedExit {
+    VcpuExit exit;
+    uint8_t data[8] = {};
+  };
+  void QueueWrite(ExitReason reason, uint64_t where, uint8_t size, uint64_t data);
+  VcpuExit TakeQueued();
+  bool InLapic(uint64_t gpa) const {
+    return (gpa & ~uint64_t{0xfff}) == (lapic_.apic_base_msr() & ~uint64_t{0xfff});
+  }
+  static bool InIoapic(uint64_t gpa) {
+    return gpa >= MemoryLayout::kIoapicBase && gpa < MemoryLayout::kIoapicBase + 0x1000;
+  }
+
+  SoftVm* vm_;
+  const int index_;
+  cpu::CpuState state_;
+  mmu::SoftTlb tlb_;
+  mmu::VcpuMmu mmu_;
+  cpu::Lapic lapic_;
+  std::unique_ptr<cpu::Interpreter> interp_;
+  bool attached_ = false;
+  bool halted_ = false;
+
+  // Exits: at most a few per instruction (a page-split MMIO write makes two).
+  static constexpr size_t kMaxQueued = 8;
+  QueuedExit queued_[kMaxQueued];
+  size_t queued_head_ = 0, queued_count_ = 0;
+  bool read_exit_pending_ = false;  // the last exit was a read; its data comes back in read_buf_
+  uint8_t read_size_ = 0;
+  uint8_t read_buf_[8] = {};
+  VcpuExit read_exit_;
+
+  std::atomic<bool> kicked_{false};
+  absl::Mutex wake_mu_;
+  absl::CondVar wake_;
+
+  SoftVcpuCounters counters_;
+};
+
+class SoftVm final : public Vm {
+ public:
+  SoftVm(const SoftOptions& options, FrameTable* memory) : options_(options), memory_(memory) {}
+  ~SoftVm() override {
+    if (listener_) memory_->UnregisterInvalidationListener(listener_.get());
+  }
+
+  absl::Status Init() {
+    ASSIGN_OR_RETURN(strategy_, cpu::NativeStrategy::Create(memory_, {.max_vcpus = kMaxVcpus}));
+    listener_ = std::make_unique<StrategyInvalidationListener>(strategy_.get(), [this] {
+      absl::MutexLock lock(&mu_);
+      for (SoftVcpu* v : vcpus_) v->Kick();
+    });
+    memory_->RegisterInvalidationListener(listener_.get());
+    ioapic_ = std::make_unique<cpu::Ioapic>([this](uint8_t dest, uint8_t vector, bool level) {
+      absl::MutexLock lock(&mu_);
+      for (SoftVcpu* v : vcpus_) {
+        if (v->apic_id() == dest) v->PostInterrupt(vector, level);
+      }
+    });
+    return absl::OkStatus();
+  }
+
+  absl::Status MapRam(base::Gpa gpa, uint64_t size, uint8_t* /*host*/) override {
+    // The strategy finds RAM through the FrameTable; check the two agree.
+    for (uint64_t off = 0; off < size; off += base::kPageSize) {
+      if (!memory_->IsRam(base::Gpa(gpa.value() + off), 1)) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("soft: MapRam at %#x is not RAM of the VM's FrameTable", gpa.value() + off));
+      }
+      off += (uint64_t{1} << 30) - base::kPageSize;  // sample one page a GiB
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(int index) override {
+    if (index < 0 || static_cast<uint32_t>(index) >= kMaxVcpus) {
+      return absl::InvalidArgumentError(absl::StrCat("soft: no vCPU ", index));
+    }
+    auto vcpu = std::make_unique<SoftVcpu>(this, index);
+    TRY(vcpu->Attach());
+    absl::MutexLock lock(&mu_);
+    vcpus_.push_back(vcpu.get());
+    return std::unique_ptr<Vcpu>(std::move(vcpu));
+  }
+
+  void RemoveVcpu(SoftVcpu* vcpu) {
+    absl::MutexLock lock(&mu_);
+    std::erase(vcpus_, vcpu);
+  }
+
+  absl::Status SetIrqLine(uint32_t gsi, bool level) override {
+    if (gsi >= cpu::Ioapic::kNumPins) {
+      return absl::InvalidArgumentError(absl::StrCat("soft: no IOAPIC pin ", gsi));
+    }
+    ioapic_->SetIrq(gsi, level);
+    return absl::OkStatus();
+  }
+  uint64_t TscKhz() const override { return options_.cpu_khz; }
+  absl::StatusOr<BackendStats> Stats() override {
+    BackendStats out = strategy_->Counters();
+    for (const auto& c : ioapic_->counters().Snapshot("ioapic")) out.push_back(c);
+    return out;
+  }
+
+  const SoftOptions& options() const { return options_; }
+  mmu::PagingStrategy* strategy() { return strategy_.get(); }
+  cpu::Ioapic* ioapic() { return ioapic_.get(); }
+
+ private:
+  static constexpr uint32_t kMaxVcpus = 64;
+  const SoftOptions options_;
+  FrameTable* const memory_;
+  std::unique_ptr<mmu::PagingStrategy> strategy_;
+  std::unique_ptr<StrategyInvalidationListener> listener_;
+  std::unique_ptr<cpu::Ioapic> ioapic_;
+  absl::Mutex mu_;
+  std::vector<SoftVcpu*> vcpus_ ABSL_GUARDED_BY(mu_);
+};
+
+// ---------------------------------------------------------------------------
+
+SoftVcpu::SoftVcpu(SoftVm* vm, int index)
+    : vm_(vm), index_(index), lapic_(static_cast<uint8_t>(index), index == 0) {
+  mmu_.tlb = &tlb_;
+  mmu_.index = static_cast<uint32_t>(index);
+  lapic_.set_eoi_callback([this](uint8_t vector) { vm_->ioapic()->OnEoi(vector); });
+}
+
+SoftVcpu::~SoftVcpu() {
+  vm_->RemoveVcpu(this);
+  if (attached_) vm_->strategy()->DetachVcpu(&mmu_);
+}
+
+absl::Status SoftVcpu::Attach() {
+  TRY(vm_->strategy()->AttachVcpu(&mmu_));
+  attached_ = true;
+  interp_ = std::make_unique<cpu::Interpreter>(&state_, &mmu_, vm_->strategy(), this);
+  interp_->set_deliver_events(true);
+  return absl::OkStatus();
+}
+
+absl::Status SoftVcpu::SetLongModeEntry(const LongModeEntry& e) {
+  // The same entry state the kvm backend sets (docs/boot.md): CS 0x10 (64-bit
+  // code), the data selectors 0x18, TR 0x40 (busy 64-bit TSS), no IDT.
+  state_ = cpu::CpuState{};
+  state_.rip = e.rip;
+  state_.gpr[7] = e.rdi;
+  state_.gpr[cpu::kRegRsp] = e.rsp;
+  state_.SetRflags(0x2);
+  state_.cr0 = 0x8005'0033;
+  state_.cr3 = e.cr3;
+  state_.cr4 = 0x220;
+  state_.efer = 0xd01;
+  state_.seg[cpu::kCs].selector = 0x10;
+  for (uint8_t s : {cpu::kEs, cpu::kSs, cpu::kDs, cpu::kFs, cpu::kGs}) state_.seg[s].selector = 0x18;
+  state_.gdtr = {e.gdt_base, e.gdt_limit};
+  state_.idtr = {0, 0};
+  state_.tr = 0x40;
+  state_.tr_base = e.tss_base;
+  state_.tr_limit = 0x67;
+  state_.cpl = 0;
+  interp_->SyncPagingRegisters();
+  halted_ = false;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VcpuRegisters> SoftVcpu::GetRegisters() {
+  VcpuRegisters r;
+  const auto& g = state_.gpr;
+  r.rax = g[0]; r.rcx = g[1]; r.rdx = g[2]; r.rbx = g[3];
+  r.rsp = g[4]; r.rbp = g[5]; r.rsi = g[6]; r.rdi = g[7];
+  r.r8 = g[8]; r.r9 = g[9]; r.r10 = g[10]; r.r11 = g[11];
+  r.r12 = g[12]; r.r13 = g[13]; r.r14 = g[14]; r.r15 = g[15];
+  r.rip = state_.rip;
+  r.rflags = state_.Rflags();
+  r.cr0 = state_.cr0; r.cr2 = state_.cr2; r.cr3 = state_.cr3; r.cr4 = state_.cr4;
+  r.efer = state_.efer;
+  r.cs = state_.seg[cpu::kCs].selector;
+  r.ss = state_.seg[cpu::kSs].selector;
+  r.ds = state_.seg[cpu::kDs].selector;
+  r.tr = state_.tr;
+  r.gdt_base = state_.gdtr.base; r.gdt_limit = state_.gdtr.limit;
+  r.idt_base = state_.idtr.base; r.idt_limit = state_.idtr.limit;
+  return r;
+}
+
+absl::StatusOr<BackendStats> SoftVcpu::Stats() {
+  BackendStats out = interp_->counters().Snapshot("cpu");
+  for (const auto& c : lapic_.counters().Snapshot("lapic")) out.push_back(c);
+  for (const auto& c : counters_.Snapshot("vcpu")) out.push_back(c);
+  out.push_back({"cpu.cycles", state_.Cycles()});
+  return out;
+}
+
+uint64_t SoftVcpu::LapicNow() const {
+  const unsigned __int128 cycles = state_.Cycles();
+  return static_cast<uint64_t>(cycles * kLapicKhz / vm_->options().cpu_khz);
+}
+
+uint64_t SoftVcpu::CyclesUntil(uint64_t tick) const {
+  if (tick == cpu::Lapic::kNoEvent) return UINT64_MAX;
+  const uint64_t now = LapicNow();
+  if (tick <= now) return 1;
+  // Round up, so the event has happened when the cycles have run.
+  const unsigned __int128 ticks = tick - now;
+  const unsigned __int128 cycles = (ticks * vm_->options().cpu_khz + kLapicKhz - 1) / kLapicKhz;
+  return cycles > UINT64_MAX / 2 ? UINT64_MAX / 2 : static_cast<uint64_t>(cycles ? cycles : 1);
+}
+
+void SoftVcpu::QueueWrite(ExitReason reason, uint64_t where, uint8_t size, uint64_t data) {
+  // A full queue can only come from one instruction making more than
+  // kMaxQueued device writes, which no x86 instruction does.
+  CHECK(queued_count_ < kMaxQueued);
+  QueuedExit& q = queued_[(queued_head_ + queued_count_) % kMaxQueued];
+  ++queued_count_;
+  q.exit = VcpuExit{};
+  q.exit.reason = reason;
+  std::memcpy(q.data, &data, sizeof(q.data));
+  if (reason == ExitReason::kIo) {
+    q.exit.io = {static_cast<uint16_t>(where), size, true, 1, q.data};
+  } else {
+    q.exit.mmio = {where, size, true, q.data};
+  }
+}
+
+VcpuExit SoftVcpu::TakeQueued() {
+  QueuedExit& q = queued_[queued_head_];
+  queued_head_ = (queued_head_ + 1) % kMaxQueued;
+  --queued_count_;
+  return q.exit;  // data points into queued_, valid until the next Run
+}
+
+cpu::IoStatus SoftVcpu::PortIn(uint16_t port, uint8_t size, uint32_t* /*data*/) noexcept {
+  read_exit_ = VcpuExit{};
+  read_exit_.reason = ExitReason::kIo;
+  std::memset(read_buf_, 0xff, sizeof(read_buf_));
+  read_exit_.io = {port, size, false, 1, read_buf_};
+  read_size_ = size;
+  read_exit_pending_ = true;
+  return cpu::IoStatus::kExit;
+}
+
+cpu::IoStatus SoftVcpu::PortOut(uint16_t port, uint8_t size, uint32_t data) noexcept {
+  QueueWrite(ExitReason::kIo, port, size, data);
+  return cpu::IoStatus::kExit;
+}
+
+cpu::IoStatus SoftVcpu::MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept {
+  if (InLapic(gpa) || InIoapic(gpa)) {
+    // 32-bit registers; other sizes see the aligned register's bytes.
+    const uint32_t offset = static_cast<uint32_t>(gpa & 0xffc);
+    uint32_t reg;
+    if (InLapic(gpa)) {
+      counters_.Inc(SoftVcpuCounters::kLapicAccesses);
+      reg = lapic_.Read(offset, LapicNow());
+    } else {
+      counters_.Inc(SoftVcpuCounters::kIoapicAccesses);
+      reg = vm_->ioapic()->Read(offset);
+    }
+    *data = static_cast<uint64_t>(reg) >> ((gpa & 3) * 8);
+    return cpu::IoStatus::kDone;
+  }
+  read_exit_ = VcpuExit{};
+  read_exit_.reason = ExitReason::kMmio;
+  std::memset(read_buf_, 0xff, sizeof(read_buf_));
+  read_exit_.mmio = {gpa, size, false, read_buf_};
+  read_size_ = size;
+  read_exit_pending_ = true;
+  return cpu::IoStatus::kExit;
+}
+
+cpu::IoStatus SoftVcpu::MmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept {
+  if (InLapic(gpa)) {
+    counters_.Inc(SoftVcpuCounters::kLapicAccesses);
+    // Only aligned 32-bit writes reach a register (SDM Vol. 3A §11.4.1).
+    if (size == 4 && (gpa & 3) == 0) {
+      lapic_.Write(static_cast<uint32_t>(gpa & 0xfff), static_cast<uint32_t>(data), LapicNow());
+    }
+    interp_->RequestInterruptCheck();  // EOI, TPR, the timer may unmask something
+    return cpu::IoStatus::kDone;
+  }
+  if (InIoapic(gpa)) {
+    counters_.Inc(SoftVcpuCounters::kIoapicAccesses);
+    if (size == 4 && (gpa & 3) == 0) vm_->ioapic()->Write(static_cast<uint32_t>(gpa & 0xfff), static_cast<uint32_t>(data));
+    interp_->RequestInterruptCheck();
+    return cpu::IoStatus::kDone;
+  }
+  QueueWrite(ExitReason::kMmio, gpa, size, data);
+  return cpu::IoStatus::kExit;
+}
+
+bool SoftVcpu::ReadMsr(uint32_t msr, uint64_t* value) noexcept {
+  if (msr == cpu::Lapic::kApicBaseMsr) {
+    *value = lapic_.apic_base_msr();
+    return true;
+  }
+  return false;
+}
+
+bool SoftVcpu::WriteMsr(uint32_t msr, uint64_t value) noexcept {
+  if (msr == cpu::Lapic::kApicBaseMsr) return lapic_.SetApicBaseMsr(value);
+  return false;
+}
+
+absl::StatusOr<VcpuExit> SoftVcpu::Run() {
+  counters_.Inc(SoftVcpuCounters::kRuns);
+  if (queued_count_ > 0) return TakeQueued();
+  if (read_exit_pending_) {
+    // The handler filled read_buf_: the instruction re-runs with it.
+    uint64_t value = 0;
+    std::memcpy(&value, read_buf_, read_size_ <= 8 ? read_size_ : 8);
+    interp_->CompleteIoRead(value);
+    read_exit_pending_ = false;
+  }
+  mmu::PagingStrategy& strategy = *vm_->strategy();
+  strategy.LeaveQuiescence(mmu_);
+  struct Quiesce {
+    ~Quiesce() { mmu::PagingStrategy::EnterQuiescence(*mmu); }
+    mmu::VcpuMmu* mmu;
+  } quiesce{&mmu_};
+
+  for (;;) {
+    if (kicked_.exchange(false, std::memory_order_acq_rel)) {
+      VcpuExit exit;
+      exit.reason = ExitReason::kInterrupted;
+      return exit;
+    }
+    lapic_.MergePosted();
+    lapic_.AdvanceTo(LapicNow());
+    const bool deliverable = lapic_.HighestDeliverable() >= 0;
+    if (deliverable) interp_->RequestInterruptCheck();
+    const bool interrupts_on = (state_.rflags_other & cpu::kFlagIf) != 0;
+    if (halted_) {
+      if (deliverable && interrupts_on) {
+        halted_ = false;  // the interpreter takes it at its first boundary
+      } else if (!interrupts_on) {
+        // Nothing can wake a vCPU halted with interrupts off.
+        VcpuExit exit;
+        exit.reason = ExitReason::kHlt;
+        return exit;
+      } else if (const uint64_t skip = CyclesUntil(lapic_.NextTimerEvent()); skip != UINT64_MAX) {
+        // Idle: guest time jumps to the next timer event (deterministic).
+        counters_.Inc(SoftVcpuCounters::kIdleSkips);
+        counters_.Add(SoftVcpuCounters::kIdleSkippedCycles, skip);
+        state_.idle_cycles += skip;
+        continue;
+      } else {
+        // Waiting for a device interrupt from another thread, or a kick.
+        counters_.Inc(SoftVcpuCounters::kIdleWaits);
+        mmu::PagingStrategy::EnterQuiescence(mmu_);
+        {
+          absl::MutexLock lock(&wake_mu_);
+          wake_.WaitWithTimeout(&wake_mu_, kIdleWait);
+        }
+        strategy.LeaveQuiescence(mmu_);
+        continue;
+      }
+    }
+    uint64_t budget = vm_->options().quantum;
+    const uint64_t to_timer = CyclesUntil(lapic_.NextTimerEvent());
+    if (to_timer < budget) budget = to_timer;
+    const cpu::RunResult r = interp_->Run(budget);
+    switch (r.reason) {
+      case cpu::StopReason::kBudget:
+        break;
+      case cpu::StopReason::kHalt:
+        halted_ = true;
+        break;
+      case cpu::StopReason::kIoExit:
+        if (read_exit_pending_) return read_exit_;
+        if (queued_count_ > 0) return TakeQueued();
+        break;  // a device write served here (LAPIC) needs no exit
+      case cpu::StopReason::kTripleFault: {
+        VcpuExit exit;
+        exit.reason = ExitReason::kShutdown;
+        exit.description = absl::StrFormat("soft cpu: %s (last fault vector %u, error code %#x)",
+                                           r.detail, r.exception.vector, r.exception.error_code);
+        return exit;
+      }
+      case cpu::StopReason::kHostError: {
+        VcpuExit exit;
+        exit.reason = ExitReason::kInternalError;
+        exit.description = absl::StrFormat(
+            "soft cpu: guest RAM could not be backed at rip %#x%s%s", state_.rip,
+            r.detail.empty() ? "" : ": ", r.detail);
+        return exit;
+      }
+      case cpu::StopReason::kException: {
+        VcpuExit exit;
+        exit.reason = ExitReason::kInternalError;
+        exit.description = absl::StrFormat("soft cpu: undelivered exception %u", r.exception.vector);
+        return exit;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SoftHypervisor>> SoftHypervisor::Create(SoftOptions options) {
+  if (options.paging != "native") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "soft: unknown paging strategy \"", options.paging, "\" (available: native)"));
+  }
+  if (options.cpu_khz < 1000 || options.cpu_khz > 100'000'000) {
+    return absl::InvalidArgumentError("soft: cpu_khz must be between 1000 (1 MHz) and 100000000 (100 GHz)");
+  }
+  if (options.quantum == 0) return absl::InvalidArgumentError("soft: quantum must be positive");
+  return std::unique_ptr<SoftHypervisor>(new SoftHypervisor(std::move(options)));
+}
+
+absl::StatusOr<std::unique_ptr<Vm>> SoftHypervisor::CreateVm(const VmSetup& setup) {
+  if (setup.memory == nullptr) {
+    return absl::InvalidArgumentError("soft: a VM needs its FrameTable (VmSetup::memory)");
+  }
+  auto vm = std::make_unique<SoftVm>(options_, setup.memory);
+  TRY(vm->Init());
+  return std::unique_ptr<Vm>(std::move(vm));
+}
+
+}  // namespace vmm

@@ -1,0 +1,62 @@
+// The `soft` backend: guests run on cpu::Interpreter, our own x86-64 CPU,
+// and every guest memory access goes through the VM's paging strategy and
+// the vCPU's soft TLB (docs/cpu.md, docs/paging-strategies.md).
+//
+// SoftHypervisor -> SoftVm -> SoftVcpu implement hypervisor.h like the kvm
+// backend, so the machine, the device bus and the exit handler are shared:
+//   - Port I/O and MMIO outside the interrupt controllers leave Run() as
+//     kIo/kMmio exits with KVM's semantics (a read's data is filled by the
+//     handler and seen by the guest when Run() is called again).
+//   - The local APIC (cpu/lapic.h) and the I/O APIC (cpu/ioapic.h) are
+//     modelled here, where KVM has its in-kernel irqchip; SetIrqLine drives
+//     the I/O APIC.
+//   - Guest time is the instruction count at a modelled frequency
+//     (SoftOptions::cpu_khz): the TSC advances one tick per retired
+//     instruction and the LAPIC timer counts in the same time base. A halted
+//     vCPU skips straight to its next timer event. So a run is deterministic:
+//     the same image, command line and config give the same counts.
+//   - A triple fault is a kShutdown exit; a RAM page the host cannot back is
+//     kInternalError; both leave the host and the other VMs running.
+//
+// Thread safety: as hypervisor.h. SetIrqLine and Kick from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "vmm-host/hypervisor.h"
+
+namespace vmm {
+
+struct SoftOptions {
+  // The paging strategy every VM of this hypervisor uses: "native" (shadow
+  // and nested are added by their issues).
+  std::string paging = "native";
+  // The modelled CPU frequency: guest instructions per millisecond of guest
+  // time. It is also the TSC frequency the guest is told.
+  uint64_t cpu_khz = 1'000'000;
+  // Instructions a vCPU runs between two looks at Kick() and posted
+  // interrupts. Only latency depends on it, never guest-visible timing.
+  uint64_t quantum = 1'000'000;
+};
+
+class SoftHypervisor final : public Hypervisor {
+ public:
+  static absl::StatusOr<std::unique_ptr<SoftHypervisor>> Create(SoftOptions options = {});
+
+  std::string_view name() const override { return "soft"; }
+  std::string paging_mode() const override { return "soft/" + options_.paging; }
+  bool needs_trap_syscall_entry() const override { return false; }
+  // `setup.memory` is required: the strategy reads guest RAM through it.
+  absl::StatusOr<std::unique_ptr<Vm>> CreateVm(const VmSetup& setup) override;
+
+  const SoftOptions& options() const { return options_; }
+
+ private:
+  explicit SoftHypervisor(SoftOptions options) : options_(std::move(options)) {}
+  SoftOptions options_;
+};
+
+}  // namespace vmm
