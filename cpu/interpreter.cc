@@ -29,9 +29,11 @@ uint64_t SignExtendDyn(uint64_t v, unsigned size) noexcept {
 }
 
 
-size_t BlockIndex(uintptr_t host) noexcept {
-  // Fibonacci hashing of the instruction's host address.
-  return static_cast<size_t>((host * 0x9E3779B97F4A7C15ull) >> 54) & (Interpreter::kNumBlocks - 1);
+size_t BlockIndex(uint64_t rip) noexcept {
+  // Fibonacci hashing of the guest rip, not of the host address (the tag):
+  // which blocks collide then depends only on the guest, so the cache's
+  // counters are the same in every run (host frames differ between runs).
+  return static_cast<size_t>((rip * 0x9E3779B97F4A7C15ull) >> 54) & (Interpreter::kNumBlocks - 1);
 }
 
 }  // namespace
@@ -49,6 +51,7 @@ Interpreter::Interpreter(CpuState* state, mmu::VcpuMmu* vcpu, mmu::PagingStrateg
 
 void Interpreter::FlushDecodeCache() noexcept {
   counters_.Inc(InterpreterCounters::kCacheFlushes);
+  BreakChains();
   for (auto& [page, info] : pages_) {
     ++info.generation;
     info.has_code = false;
@@ -60,7 +63,7 @@ void Interpreter::FlushDecodeCache() noexcept {
 // nothing more (SDM Vol. 2 "CPUID"):
 //   0          max basic leaf 1; vendor "VMMSoftCPU64" (our own: guests must
 //              not take vendor-specific paths for a CPU that is neither).
-//   1          family 6 model 1 stepping 0; EDX: TSC, MSR, PAE, CX8, PGE, CMOV;
+//   1          family 6 model 1 stepping 0; EDX: TSC, MSR, PAE, CX8, APIC, PGE, CMOV;
 //              ECX: hypervisor present (bit 31). No x87/SSE: the guest is built
 //              without them.
 //   80000000h  max extended leaf 80000008h.
@@ -85,7 +88,7 @@ void Interpreter::Cpuid(uint32_t leaf, uint32_t /*subleaf*/, uint32_t out[4]) no
     case 1:
       out[0] = 0x00000610;
       out[2] = 1u << 31;
-      out[3] = (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 13) | (1u << 15);
+      out[3] = (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 13) | (1u << 15);
       break;
     case 0x80000000: out[0] = 0x80000008; break;
     case 0x80000001:
@@ -136,6 +139,9 @@ Interpreter::Flow Interpreter::Unimplemented(const DecodedInsn& in) noexcept {
 mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
                                                   uint8_t** host_page, uint64_t* gpa) noexcept {
   counters_.Inc(InterpreterCounters::kTlbMisses);
+  // A miss may fill or evict soft-TLB entries (and shadow state): links
+  // made under the old contents go.
+  BreakChains();
   mmu::AccessRequest req;
   req.va = gva;
   req.access = access;
@@ -176,6 +182,7 @@ void Interpreter::NoteCodeWrite(uint8_t* host_page) noexcept {
   auto it = pages_.find(reinterpret_cast<uintptr_t>(host_page));
   if (it == pages_.end() || !it->second.has_code) return;
   counters_.Inc(InterpreterCounters::kSmcInvalidations);
+  BreakChains();
   ++it->second.generation;
   it->second.has_code = false;
   block_dirty_ = true;
@@ -272,9 +279,9 @@ uint8_t* Interpreter::TranslateFetch(uint64_t gva) noexcept {
   return nullptr;
 }
 
-const Interpreter::Block* Interpreter::LookupBlock(uint8_t* host) noexcept {
+Interpreter::Block* Interpreter::LookupBlock(uint8_t* host, uint64_t rip) noexcept {
   const uintptr_t key = reinterpret_cast<uintptr_t>(host);
-  Block& b = blocks_[BlockIndex(key)];
+  Block& b = blocks_[BlockIndex(rip)];
   if (b.tag == key && b.generation == b.page->generation) [[likely]] {
     ++local_block_hits_;
     return &b;
@@ -282,8 +289,9 @@ const Interpreter::Block* Interpreter::LookupBlock(uint8_t* host) noexcept {
   return DecodeInto(b, key);
 }
 
-const Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
+Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
   counters_.Inc(InterpreterCounters::kBlockCacheMisses);
+  BreakChains();  // links into this slot's old block must not be followed
   const uintptr_t page_key = key & ~static_cast<uintptr_t>(base::kPageMask);
   PageInfo& page = pages_[page_key];  // allocates only for a new code page
   if (!page.has_code) {
@@ -306,7 +314,12 @@ const Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexc
   b.page = &page;
   b.generation = page.generation;
   b.num_insns = d.num_insns;
-  for (uint32_t i = 0; i < d.num_insns; ++i) b.handlers[i] = ResolveHandler(b.insns[i]);
+  b.links[0] = b.links[1] = Link{};
+  b.fallthrough_offset = 0;
+  for (uint32_t i = 0; i < d.num_insns; ++i) {
+    b.handlers[i] = ResolveHandler(b.insns[i]);
+    b.fallthrough_offset += b.insns[i].length;
+  }
   return &b;
 }
 
@@ -347,7 +360,7 @@ bool Interpreter::StepSingle(uint64_t* retired) noexcept {
     return true;
   }
   DecodedInsn single;
-  const Block* block = LookupBlock(host);
+  const Block* block = LookupBlock(host, state_.rip);
   if (block != nullptr) {
     single = block->insns[0];
   } else if (!FetchAndDecodeCrossPage(&single)) {
@@ -394,6 +407,10 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     io_replay_pos_ = 0;
   }
 
+  // The block that just ran to its end, whose links may name the next one.
+  Block* prev = nullptr;
+  uint64_t prev_start = 0;
+  BreakChains();  // the state may have changed since the last Run
   while (!stopped && retired < max_instructions) {
     // The TSC (RDTSC) reads state_.instructions: keep it current at block
     // granularity.
@@ -412,27 +429,47 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
       if (state_.interrupt_shadow) {
         state_.interrupt_shadow = false;  // the next block's first instruction runs first
       } else if (state_.rflags_other & kFlagIf) {
+        prev = nullptr;
         MaybeTakeInterrupt();
         if (stop_ != StopReason::kBudget) break;  // triple fault or host error
         delivered_ = false;
       }
     }
 
-    uint8_t* host = vcpu_.tlb->Lookup<Access::kFetch>(MmuIndex(), state_.rip, 1);
-    if (host == nullptr && (host = TranslateFetch(state_.rip)) == nullptr) {
-      if (!delivered_) break;
-      delivered_ = false;  // #PF on fetch delivered: go on at the handler
-      continue;
+    Block* block = nullptr;
+    Link* link = nullptr;
+    if (prev != nullptr) {
+      link = &prev->links[state_.rip == prev_start + prev->fallthrough_offset ? 1 : 0];
+      Block* b = link->block;
+      if (link->epoch == chain_epoch_ && link->rip == state_.rip && b->tag == link->tag &&
+          b->generation == b->page->generation) [[likely]] {
+        block = b;
+        ++local_block_hits_;
+      }
     }
-    const Block* block = LookupBlock(host);
-    if (block == nullptr) [[unlikely]] {
-      if (!StepSingle(&retired)) break;
-      continue;
+    if (block == nullptr) {
+      uint8_t* host = vcpu_.tlb->Lookup<Access::kFetch>(MmuIndex(), state_.rip, 1);
+      if (host == nullptr && (host = TranslateFetch(state_.rip)) == nullptr) {
+        prev = nullptr;
+        if (!delivered_) break;
+        delivered_ = false;  // #PF on fetch delivered: go on at the handler
+        continue;
+      }
+      block = LookupBlock(host, state_.rip);
+      if (block == nullptr) [[unlikely]] {
+        prev = nullptr;
+        if (!StepSingle(&retired)) break;
+        continue;
+      }
+      if (link != nullptr) *link = {block, state_.rip, block->tag, chain_epoch_};
     }
     const uint64_t budget = max_instructions - retired;
     const uint32_t n = block->num_insns < budget ? block->num_insns : static_cast<uint32_t>(budget);
+    const uint64_t start_rip = state_.rip;
     block_dirty_ = false;
-    for (uint32_t i = 0; i < n; ++i) {
+    prev = nullptr;
+    uint32_t i = 0;
+    for (; i < n; ++i) {
       const DecodedInsn& in = block->insns[i];
       next_rip_ = in.NextRip(state_.rip);
       if (block->handlers[i](this, in) == Flow::kStop) [[unlikely]] {
@@ -447,6 +484,10 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
         stopped = stop_after_;
         break;
       }
+    }
+    if (i == block->num_insns) [[likely]] {
+      prev = block;
+      prev_start = start_rip;
     }
   }
   state_.instructions = start_count + retired;
@@ -1057,7 +1098,23 @@ constexpr std::array<Interpreter::Handler, static_cast<size_t>(Op::kNumOps)> Int
   return {&Interpreter::Thunk<kSize, static_cast<Op>(kOps)>...};
 }
 
+// Jcc gets one handler per condition, with the condition folded in
+// (EvalConditionT): the most frequent block-ending instruction then costs a
+// compare of the recorded operands and nothing else.
+template <unsigned kCond>
+Interpreter::Flow Interpreter::JccThunk(Interpreter* self, const DecodedInsn& in) noexcept {
+  if (EvalConditionT<kCond>(self->state_.flags)) self->next_rip_ = in.BranchTarget(self->state_.rip);
+  return Flow::kNext;
+}
+
 Interpreter::Handler Interpreter::ResolveHandler(const DecodedInsn& in) noexcept {
+  if (in.op == Op::kJcc) {
+    static constexpr Handler kJcc[16] = {
+        &JccThunk<0>, &JccThunk<1>, &JccThunk<2>, &JccThunk<3>, &JccThunk<4>, &JccThunk<5>,
+        &JccThunk<6>, &JccThunk<7>, &JccThunk<8>, &JccThunk<9>, &JccThunk<10>, &JccThunk<11>,
+        &JccThunk<12>, &JccThunk<13>, &JccThunk<14>, &JccThunk<15>};
+    return kJcc[in.cond & 15];
+  }
   using Seq = std::make_index_sequence<static_cast<size_t>(Op::kNumOps)>;
   static constexpr std::array<std::array<Handler, static_cast<size_t>(Op::kNumOps)>, 5> kTable = {
       MakeRow<1>(Seq{}), MakeRow<2>(Seq{}), MakeRow<4>(Seq{}), MakeRow<8>(Seq{}), MakeRow<0>(Seq{})};

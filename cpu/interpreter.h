@@ -9,12 +9,18 @@
 // Execution model (docs/cpu.md, "How a vCPU will run"):
 //   - Fetch: the code page's host address comes from SoftTlb::Lookup<kFetch>
 //     (miss: PagingStrategy::Translate with Access::kFetch).
-//   - Decode once: a direct-mapped block cache, indexed by the host address of
-//     the block's first instruction, holds up to kMaxBlockInsns DecodedInsns
+//   - Decode once: a direct-mapped block cache, indexed by the guest rip and
+//     tagged with the host address of the block's first instruction (so
+//     aliases and remaps are told apart, and which blocks collide does not
+//     depend on host addresses), holds up to kMaxBlockInsns DecodedInsns
 //     from DecodeBlock. It is preallocated: no allocation in steady state. Each
 //     code page has a PageInfo (a node of a hash map that grows only when a
 //     new code page is first decoded) whose generation a block records;
 //     bumping it invalidates every block of the page in O(1).
+//   - Block chaining: a block that ran to its end remembers the block that
+//     followed (two links: fall-through and other), so the next block start
+//     skips the fetch lookup and the cache probe. Anything that may change a
+//     translation, CPL or decoded code breaks every link at once (an epoch).
 //   - An instruction that straddles a page end is fetched into a 15-byte
 //     buffer (fetching the second page only when the instruction needs it) and
 //     decoded singly, never cached.
@@ -219,11 +225,27 @@ class Interpreter {
   enum class Flow : uint8_t { kNext, kStop };
   using Handler = Flow (*)(Interpreter*, const DecodedInsn&) noexcept;
 
+  struct Block;
+  // A direct link from a block to the block that ran after it, so the next
+  // block start skips the fetch TLB lookup and the block-cache probe (block
+  // chaining). Valid while chain_epoch_ has not moved (nothing that could
+  // change a translation, a CPL or decoded code happened) and the target
+  // slot still holds the same block.
+  struct Link {
+    Block* block = nullptr;
+    uint64_t rip = 0;    // guest rip the link leads to
+    uintptr_t tag = 0;   // block->tag when linked
+    uint64_t epoch = 0;  // chain_epoch_ when linked (0: never)
+  };
   struct Block {
     uintptr_t tag = 0;  // host address of the first instruction; 0 = empty
     PageInfo* page = nullptr;
     uint64_t generation = 0;
     uint32_t num_insns = 0;
+    // links[1]: to the fall-through address of the last instruction;
+    // links[0]: anywhere else (a taken branch, a return).
+    Link links[2];
+    uint64_t fallthrough_offset = 0;  // bytes from the first instruction to the end
     DecodedInsn insns[kMaxBlockInsns];
     Handler handlers[kMaxBlockInsns];  // resolved at decode: one indirect call per insn
   };
@@ -232,6 +254,8 @@ class Interpreter {
   template <int kSize, Op kOp>
   [[gnu::always_inline]] inline Flow ExecuteOp(const DecodedInsn& in) noexcept;
   static Handler ResolveHandler(const DecodedInsn& in) noexcept;
+  template <unsigned kCond>
+  static Flow JccThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   template <int kSize, Op kOp>
   static Flow Thunk(Interpreter* self, const DecodedInsn& in) noexcept;
   template <int kSize, size_t... kOps>
@@ -241,8 +265,10 @@ class Interpreter {
   Flow StringOp(const DecodedInsn& in) noexcept;
 
   // Fetch and decode.
-  const Block* LookupBlock(uint8_t* host) noexcept;
-  const Block* DecodeInto(Block& b, uintptr_t key) noexcept;
+  Block* LookupBlock(uint8_t* host, uint64_t rip) noexcept;
+  Block* DecodeInto(Block& b, uintptr_t key) noexcept;
+  // Everything linked so far is stale (see Link).
+  void BreakChains() noexcept { ++chain_epoch_; }
   bool FetchAndDecodeCrossPage(DecodedInsn* out) noexcept;
   uint8_t* TranslateFetch(uint64_t gva) noexcept;
 
@@ -270,7 +296,7 @@ class Interpreter {
   // Memory. All return false after raising an exception (or a host error).
   [[gnu::always_inline]] inline uint64_t EffectiveAddress(const DecodedInsn& in) const noexcept;
   [[gnu::always_inline]] inline uint64_t LeaAddress(const DecodedInsn& in) const noexcept;
-  bool Read(uint64_t gva, unsigned size, uint64_t* value) noexcept {
+  [[gnu::always_inline]] bool Read(uint64_t gva, unsigned size, uint64_t* value) noexcept {
     const uint8_t* p = vcpu_.tlb->Lookup<mmu::Access::kRead>(MmuIndex(), gva, size);
     if (p != nullptr) [[likely]] {
       *value = LoadHost(p, size);
@@ -278,7 +304,7 @@ class Interpreter {
     }
     return ReadSlow(gva, size, value);
   }
-  bool Write(uint64_t gva, unsigned size, uint64_t value) noexcept {
+  [[gnu::always_inline]] bool Write(uint64_t gva, unsigned size, uint64_t value) noexcept {
     uint8_t* p = vcpu_.tlb->Lookup<mmu::Access::kWrite>(MmuIndex(), gva, size);
     if (p != nullptr) [[likely]] {
       StoreHost(p, size, value);
@@ -390,6 +416,7 @@ class Interpreter {
   bool io_read_pending_ = false;  // the last Run() stopped on a read exit
 
   std::unique_ptr<Block[]> blocks_;
+  uint64_t chain_epoch_ = 1;
   std::unordered_map<uintptr_t, PageInfo> pages_;
   uint64_t seen_flush_generation_ = 0;
   uint32_t unimplemented_logged_ = 0;

@@ -261,6 +261,13 @@ inline void UpdateFlags(LazyFlags* f, uint64_t mask, uint64_t bits) noexcept {
 // Evaluates Jcc/SETcc/CMOVcc condition `cc` (0..15; SDM Vol. 1 Appendix B).
 // The producers that dominate real code answer from their operands without
 // building RFLAGS; everything else materialises.
+//
+// EvalConditionT<cc> is the same with the condition a compile-time constant:
+// the interpreter's per-condition Jcc handlers use it so that only the
+// switch on the flags' producer remains.
+template <unsigned cc>
+[[gnu::always_inline]] inline bool EvalConditionT(const LazyFlags& f) noexcept;
+
 inline bool EvalCondition(const LazyFlags& f, unsigned cc) noexcept {
   using lazy_internal::SignExtend;
   const bool negate = cc & 1;
@@ -314,6 +321,41 @@ inline bool EvalCondition(const LazyFlags& f, unsigned cc) noexcept {
     case CcKind::kEflags: return lazy_internal::EvalFromRflags(f.dst, cc);
   }
   return lazy_internal::EvalFromRflags(MaterializeArith(f), cc);
+}
+
+namespace lazy_internal {
+// The rare producers: materialise (kept out of line so the inlined fast
+// paths stay small).
+[[gnu::noinline]] inline bool EvalSlow(const LazyFlags& f, unsigned cc) noexcept {
+  return EvalFromRflags(MaterializeArith(f), cc);
+}
+}  // namespace lazy_internal
+
+template <unsigned cc>
+inline bool EvalConditionT(const LazyFlags& f) noexcept {
+  using lazy_internal::SignExtend;
+  constexpr bool negate = cc & 1;
+  constexpr unsigned kind = (cc >> 1) & 7;
+  if (f.kind == CcKind::kSub) {
+    const uint64_t a = f.src1, b = f.src2;
+    if constexpr (kind == 1) return (a < b) != negate;
+    if constexpr (kind == 2) return (a == b) != negate;
+    if constexpr (kind == 3) return (a <= b) != negate;
+    if constexpr (kind == 6) return (SignExtend(a, f.size) < SignExtend(b, f.size)) != negate;
+    if constexpr (kind == 7) return (SignExtend(a, f.size) <= SignExtend(b, f.size)) != negate;
+  } else if (f.kind == CcKind::kLogic) {
+    const int64_t s = SignExtend(f.dst, f.size);
+    if constexpr (kind == 0 || kind == 1) return negate;
+    if constexpr (kind == 2 || kind == 3) return (s == 0) != negate;
+    if constexpr (kind == 4 || kind == 6) return (s < 0) != negate;
+    if constexpr (kind == 7) return (s <= 0) != negate;
+  } else if (f.kind != CcKind::kEflags) {
+    if constexpr (kind == 2) return (f.dst == 0) != negate;
+    if constexpr (kind == 4) return ((f.dst & lazy_internal::SignBit(f.size)) != 0) != negate;
+  } else {
+    return lazy_internal::EvalFromRflags(f.dst, cc);
+  }
+  return lazy_internal::EvalSlow(f, cc);
 }
 
 // Debug text: "kind=sub size=4 dst=... src1=... src2=... cin=0 -> CF ZF".

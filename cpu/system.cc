@@ -122,6 +122,7 @@ Interpreter::Flow Interpreter::RaiseException(uint8_t vector, bool has_error_cod
 
 void Interpreter::DeliverEvent(uint8_t vector, EventKind kind, bool has_error_code,
                                uint32_t error_code) noexcept {
+  BreakChains();  // CPL and stacks change
   for (;;) {
     if (TryDeliver(vector, kind, has_error_code, error_code)) {
       delivered_ = true;
@@ -511,6 +512,7 @@ bool Interpreter::WriteCr(uint8_t cr, uint64_t value) noexcept {
 }
 
 void Interpreter::SyncPagingRegisters() noexcept {
+  BreakChains();
   const bool old_paging = vcpu_.paging;
   const mmu::PagingMode old_mode = vcpu_.mode;
   mmu::PagingMode mode = mmu::PagingMode::FromRegisters(state_.cr0, state_.cr4, state_.efer,
@@ -714,6 +716,9 @@ Interpreter::Flow Interpreter::StringIo(const DecodedInsn& in) noexcept {
 // The system instructions (kSize-independent, so not in the per-size table).
 
 Interpreter::Flow Interpreter::ExecuteSystem(const DecodedInsn& in) noexcept {
+  // Any of these may change CPL, translations or the TLB: no block links
+  // survive them.
+  BreakChains();
   auto gp0 = [&] { return RaiseException(kVectorGp, true, 0); };
   const bool cpl0 = state_.cpl == 0;
   uint64_t v = 0;
