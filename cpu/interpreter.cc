@@ -139,9 +139,6 @@ Interpreter::Flow Interpreter::Unimplemented(const DecodedInsn& in) noexcept {
 mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
                                                   uint8_t** host_page, uint64_t* gpa) noexcept {
   counters_.Inc(InterpreterCounters::kTlbMisses);
-  // A miss may fill or evict soft-TLB entries (and shadow state): links
-  // made under the old contents go.
-  BreakChains();
   mmu::AccessRequest req;
   req.va = gva;
   req.access = access;
@@ -247,19 +244,6 @@ bool Interpreter::WriteSlow(uint64_t gva, unsigned size, uint64_t value) noexcep
   return Write(gva, n1, value) && Write(gva + n1, size - n1, value >> (n1 * 8));
 }
 
-bool Interpreter::Push(unsigned size, uint64_t v) noexcept {
-  const uint64_t rsp = state_.gpr[kRegRsp] - size;
-  if (!Write(rsp, size, v)) return false;
-  state_.gpr[kRegRsp] = rsp;
-  return true;
-}
-
-bool Interpreter::Pop(unsigned size, uint64_t* v) noexcept {
-  if (!Read(state_.gpr[kRegRsp], size, v)) return false;
-  state_.gpr[kRegRsp] += size;
-  return true;
-}
-
 // ---------------------------------------------------------------------------
 // Fetch and decode.
 
@@ -291,7 +275,6 @@ Interpreter::Block* Interpreter::LookupBlock(uint8_t* host, uint64_t rip) noexce
 
 Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
   counters_.Inc(InterpreterCounters::kBlockCacheMisses);
-  BreakChains();  // links into this slot's old block must not be followed
   const uintptr_t page_key = key & ~static_cast<uintptr_t>(base::kPageMask);
   PageInfo& page = pages_[page_key];  // allocates only for a new code page
   if (!page.has_code) {
@@ -316,6 +299,10 @@ Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
   b.num_insns = d.num_insns;
   b.links[0] = b.links[1] = Link{};
   b.fallthrough_offset = 0;
+  const Op last = b.insns[d.num_insns - 1].op;
+  b.exit = (last == Op::kCall || last == Op::kCallIndirect) ? Block::Exit::kCall
+           : last == Op::kRet                                ? Block::Exit::kRet
+                                                             : Block::Exit::kOther;
   for (uint32_t i = 0; i < d.num_insns; ++i) {
     b.handlers[i] = ResolveHandler(b.insns[i]);
     b.fallthrough_offset += b.insns[i].length;
@@ -439,7 +426,13 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     Block* block = nullptr;
     Link* link = nullptr;
     if (prev != nullptr) {
-      link = &prev->links[state_.rip == prev_start + prev->fallthrough_offset ? 1 : 0];
+      if (prev->exit == Block::Exit::kRet) [[unlikely]] {
+        // Back to the caller: its fall-through link leads to the return point.
+        const ReturnEntry& r = return_stack_[--return_top_ % kReturnStack];
+        link = r.rip == state_.rip && r.caller != nullptr ? &r.caller->links[1] : &prev->links[0];
+      } else {
+        link = &prev->links[state_.rip == prev_start + prev->fallthrough_offset ? 1 : 0];
+      }
       Block* b = link->block;
       if (link->epoch == chain_epoch_ && link->rip == state_.rip && b->tag == link->tag &&
           b->generation == b->page->generation) [[likely]] {
@@ -488,6 +481,9 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     if (i == block->num_insns) [[likely]] {
       prev = block;
       prev_start = start_rip;
+      if (block->exit == Block::Exit::kCall) {
+        return_stack_[return_top_++ % kReturnStack] = {start_rip + block->fallthrough_offset, block};
+      }
     }
   }
   state_.instructions = start_count + retired;

@@ -228,9 +228,14 @@ class Interpreter {
   struct Block;
   // A direct link from a block to the block that ran after it, so the next
   // block start skips the fetch TLB lookup and the block-cache probe (block
-  // chaining). Valid while chain_epoch_ has not moved (nothing that could
-  // change a translation, a CPL or decoded code happened) and the target
-  // slot still holds the same block.
+  // chaining). A link is a cached "rip -> decoded block" answer: it is used
+  // only for the same rip, while the target slot holds the same block (tag)
+  // of the current code generation, and while chain_epoch_ has not moved.
+  // The epoch moves on whatever may change the rip -> host translation or
+  // the CPL: system instructions (MOV CR3, INVLPG, SYSCALL, IRET, ...), event
+  // delivery, host invalidations of guest frames, paging-mode changes. TLB
+  // fills and evictions do not: a dropped entry is still the translation
+  // in force, and a guest that edits a code mapping must INVLPG it.
   struct Link {
     Block* block = nullptr;
     uint64_t rip = 0;    // guest rip the link leads to
@@ -246,6 +251,10 @@ class Interpreter {
     // links[0]: anywhere else (a taken branch, a return).
     Link links[2];
     uint64_t fallthrough_offset = 0;  // bytes from the first instruction to the end
+    // How the block ends, for the return-address stack: a near CALL pushes
+    // the block (its fall-through link leads to the return point), a near
+    // RET pops it.
+    enum class Exit : uint8_t { kOther, kCall, kRet } exit = Exit::kOther;
     DecodedInsn insns[kMaxBlockInsns];
     Handler handlers[kMaxBlockInsns];  // resolved at decode: one indirect call per insn
   };
@@ -326,8 +335,8 @@ class Interpreter {
                                                  unsigned size, uint64_t* v) noexcept;
   [[gnu::always_inline]] inline bool WriteOperand(const DecodedInsn& in, const Operand& op,
                                                   unsigned size, uint64_t v) noexcept;
-  bool Push(unsigned size, uint64_t v) noexcept;
-  bool Pop(unsigned size, uint64_t* v) noexcept;
+  [[gnu::always_inline]] inline bool Push(unsigned size, uint64_t v) noexcept;
+  [[gnu::always_inline]] inline bool Pop(unsigned size, uint64_t* v) noexcept;
 
   mmu::SoftTlb::MmuIdx MmuIndex() const noexcept {
     return state_.cpl == 3 ? mmu::SoftTlb::MmuIdx::kUser : mmu::SoftTlb::MmuIdx::kSupervisor;
@@ -417,6 +426,16 @@ class Interpreter {
 
   std::unique_ptr<Block[]> blocks_;
   uint64_t chain_epoch_ = 1;
+  // Return-address stack of blocks that ended in a CALL (a ring: overflow
+  // forgets the oldest; a wrong guess only costs a normal lookup, since
+  // every link is validated before use).
+  struct ReturnEntry {
+    uint64_t rip = 0;  // the return address
+    Block* caller = nullptr;
+  };
+  static constexpr unsigned kReturnStack = 16;
+  ReturnEntry return_stack_[kReturnStack];
+  unsigned return_top_ = 0;
   std::unordered_map<uintptr_t, PageInfo> pages_;
   uint64_t seen_flush_generation_ = 0;
   uint32_t unimplemented_logged_ = 0;

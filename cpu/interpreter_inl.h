@@ -58,4 +58,17 @@ inline bool Interpreter::WriteOperand(const DecodedInsn& in, const Operand& op, 
   return true;
 }
 
+inline bool Interpreter::Push(unsigned size, uint64_t v) noexcept {
+  const uint64_t rsp = state_.gpr[kRegRsp] - size;
+  if (!Write(rsp, size, v)) return false;
+  state_.gpr[kRegRsp] = rsp;
+  return true;
+}
+
+inline bool Interpreter::Pop(unsigned size, uint64_t* v) noexcept {
+  if (!Read(state_.gpr[kRegRsp], size, v)) return false;
+  state_.gpr[kRegRsp] += size;
+  return true;
+}
+
 }  // namespace cpu

@@ -209,7 +209,10 @@ class SoftVm final : public Vm {
 // ---------------------------------------------------------------------------
 
 SoftVcpu::SoftVcpu(SoftVm* vm, int index)
-    : vm_(vm), index_(index), lapic_(static_cast<uint8_t>(index), index == 0) {
+    : vm_(vm),
+      index_(index),
+      tlb_(mmu::SoftTlb::Config{.num_entries = vm->options().tlb_entries}),
+      lapic_(static_cast<uint8_t>(index), index == 0) {
   mmu_.tlb = &tlb_;
   mmu_.index = static_cast<uint32_t>(index);
   lapic_.set_eoi_callback([this](uint8_t vector) { vm_->ioapic()->OnEoi(vector); });
@@ -495,6 +498,10 @@ absl::StatusOr<std::unique_ptr<SoftHypervisor>> SoftHypervisor::Create(SoftOptio
     return absl::InvalidArgumentError("soft: cpu_khz must be between 1000 (1 MHz) and 100000000 (100 GHz)");
   }
   if (options.quantum == 0) return absl::InvalidArgumentError("soft: quantum must be positive");
+  if (options.tlb_entries < 2 || options.tlb_entries > (1u << 20) ||
+      (options.tlb_entries & (options.tlb_entries - 1)) != 0) {
+    return absl::InvalidArgumentError("soft: tlb_entries must be a power of two in [2, 1048576]");
+  }
   return std::unique_ptr<SoftHypervisor>(new SoftHypervisor(std::move(options)));
 }
 

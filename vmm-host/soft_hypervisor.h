@@ -37,6 +37,11 @@ struct SoftOptions {
   // The modelled CPU frequency: guest instructions per millisecond of guest
   // time. It is also the TSC frequency the guest is told.
   uint64_t cpu_khz = 1'000'000;
+  // Soft-TLB entries per MMU index (a power of two). QEMU grows its TLB to
+  // the working set (up to far larger sizes); a fixed large table gets the
+  // same hit rate for page-stride work at 32 bytes an entry, and every flush
+  // stays O(1) (an epoch).
+  uint32_t tlb_entries = 16384;
   // Instructions a vCPU runs between two looks at Kick() and posted
   // interrupts. Only latency depends on it, never guest-visible timing.
   uint64_t quantum = 1'000'000;
