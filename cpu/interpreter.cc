@@ -414,7 +414,12 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     // boundaries: a pending interrupt waits at most one block.
     if (interrupt_check_) [[unlikely]] {
       if (state_.interrupt_shadow) {
-        state_.interrupt_shadow = false;  // the next block's first instruction runs first
+        // STI / MOV SS hold interrupts off for exactly one instruction: run
+        // it alone, and the next boundary takes what is pending.
+        state_.interrupt_shadow = false;
+        prev = nullptr;
+        if (!StepSingle(&retired)) break;
+        continue;
       } else if (state_.rflags_other & kFlagIf) {
         prev = nullptr;
         MaybeTakeInterrupt();

@@ -82,7 +82,7 @@ namespace cpu {
   X(TripleFaults, triple_faults)                                              \
   X(IoExits, io_exits)               /* IoStatus::kExit answers */           \
   X(IoReplays, io_replays)           /* instructions re-run with a read value */ \
-  X(UnknownMsrs, unknown_msrs)       /* RDMSR/WRMSR #GP for an MSR we lack */ \
+  X(UnknownMsrs, unknown_msrs)       /* RDMSR/WRMSR #GP: no such MSR, or a refused value */ \
   X(Cr3Writes, cr3_writes)                                                    \
   X(Invlpgs, invlpgs)                                                         \
   X(Syscalls, syscalls)

@@ -5,18 +5,12 @@
 
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <string>
 #include <vector>
 
-#include "cpu/native_strategy.h"
+#include "cpu/interpreter_test_fixture.h"
 #include "gtest/gtest.h"
 #include "mmu/paging_mode.h"
-#include "mmu/phys_memory.h"
-#include "mmu/pte.h"
-#include "mmu/soft_tlb.h"
-#include "mmu/table_builder.h"
-#include "tests/fakes/fake_guest_phys_memory.h"
 
 #define DECLARE_PROGRAM(name) extern "C" const uint8_t name[], name##_end[];
 DECLARE_PROGRAM(prog_fib)
@@ -39,112 +33,7 @@ extern "C" const uint8_t prog_div0_fault[], prog_write_ro_fault[];
 namespace cpu {
 namespace {
 
-using mmu::PageSize;
-using mmu::testing::FakeGuestPhysMemory;
-namespace pte = mmu::pte;
-
-constexpr uint64_t kRamBytes = 4 << 20;
-constexpr uint64_t kMapStart = 0x100000;
-constexpr uint64_t kMapEnd = 0x400000;
-constexpr uint64_t kCode = 0x200000;
-constexpr uint64_t kData = 0x280000;
-constexpr uint64_t kData2 = 0x290000;
-constexpr uint64_t kReadOnly = 0x2f0000;
-constexpr uint64_t kStackTop = 0x300000;
-constexpr uint64_t kMmio = 0x3f0000;
-
-enum Reg { kRax, kRcx, kRdx, kRbx, kRsp, kRbp, kRsi, kRdi, kR8, kR9, kR10, kR11, kR12, kR13, kR14, kR15 };
-
-class FakePlatform : public CpuPlatform {
- public:
-  IoStatus PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept override {
-    ins.push_back({port, size, 0});
-    *data = 0x5a;
-    return IoStatus::kDone;
-  }
-  IoStatus PortOut(uint16_t port, uint8_t size, uint32_t data) noexcept override {
-    outs.push_back({port, size, data});
-    return IoStatus::kDone;
-  }
-  IoStatus MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept override {
-    mmio_reads.push_back({gpa, size, 0});
-    *data = 0xabcd;
-    return IoStatus::kDone;
-  }
-  IoStatus MmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept override {
-    mmio_writes.push_back({gpa, size, data});
-    return IoStatus::kDone;
-  }
-  struct Io {
-    uint64_t where;
-    uint8_t size;
-    uint64_t data;
-  };
-  std::vector<Io> ins, outs, mmio_reads, mmio_writes;
-};
-
-class InterpreterTest : public ::testing::Test {
- protected:
-  InterpreterTest() : flat_(kRamBytes), mem_(flat_), tables_(flat_, 4) {
-    constexpr uint64_t kRw = pte::kPresent | pte::kWritable | pte::kAccessed | pte::kDirty;
-    for (uint64_t va = kMapStart; va < kMapEnd; va += 4096) {
-      const uint64_t flags = va == kReadOnly ? (kRw & ~pte::kWritable) : kRw;
-      CHECK(tables_.Map(va, va, PageSize::k4K, flags));
-    }
-    mem_.SetStateQuietly(kMmio >> 12, FakeGuestPhysMemory::State::kMmio);
-    auto s = NativeStrategy::Create(&mem_, {.max_vcpus = 1});
-    CHECK(s.ok());
-    strategy_ = std::move(*s);
-    vcpu_.tlb = &tlb_;
-    vcpu_.cr3 = tables_.root();
-    CHECK(strategy_->AttachVcpu(&vcpu_).ok());
-    strategy_->LeaveQuiescence(vcpu_);
-    state_.cr3 = tables_.root();
-    state_.rip = kCode;
-    state_.gpr[kRsp] = kStackTop;
-    interp_ = std::make_unique<Interpreter>(&state_, &vcpu_, strategy_.get(), &platform_);
-  }
-  ~InterpreterTest() override { strategy_->DetachVcpu(&vcpu_); }
-
-  uint8_t* Host(uint64_t gpa) { return mem_.FlatPage(gpa >> 12) + (gpa & 0xfff); }
-  void Poke(uint64_t gpa, const void* src, size_t n) {
-    for (size_t i = 0; i < n; ++i) *Host(gpa + i) = static_cast<const uint8_t*>(src)[i];
-  }
-  void Peek(uint64_t gpa, void* dst, size_t n) {
-    for (size_t i = 0; i < n; ++i) static_cast<uint8_t*>(dst)[i] = *Host(gpa + i);
-  }
-  uint64_t Peek64(uint64_t gpa) {
-    uint64_t v;
-    Peek(gpa, &v, 8);
-    return v;
-  }
-  void Load(const uint8_t* begin, const uint8_t* end, uint64_t at = kCode) {
-    Poke(at, begin, static_cast<size_t>(end - begin));
-    state_.rip = at;
-  }
-  RunResult RunToHalt(uint64_t budget = 1'000'000) {
-    RunResult r = interp_->Run(budget);
-    EXPECT_EQ(r.reason, StopReason::kHalt) << "stopped at rip " << std::hex << state_.rip;
-    return r;
-  }
-  uint64_t Counter(std::string_view name) {
-    uint64_t v = 0;
-    interp_->counters().ForEach([&](std::string_view n, uint64_t value) {
-      if (n == name) v = value;
-    });
-    return v;
-  }
-
-  mmu::FlatMemory flat_;
-  FakeGuestPhysMemory mem_;
-  mmu::TableBuilder<mmu::FlatMemory> tables_;
-  std::unique_ptr<NativeStrategy> strategy_;
-  mmu::SoftTlb tlb_;
-  mmu::VcpuMmu vcpu_;
-  CpuState state_;
-  FakePlatform platform_;
-  std::unique_ptr<Interpreter> interp_;
-};
+using namespace cpu::testing;  // the fixture, its layout constants and Reg
 
 TEST_F(InterpreterTest, FibonacciLoop) {
   Load(prog_fib, prog_fib_end);

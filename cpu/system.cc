@@ -224,11 +224,14 @@ bool Interpreter::TryDeliver(uint8_t vector, EventKind kind, bool has_error_code
 
   // The frame: SS, RSP, RFLAGS, CS, RIP, error code (§6.14.2, Figure 6-9).
   // Pushed at the new CPL; nothing is committed until every push succeeded.
+  // INT n and INT3 are traps: their frame holds the next instruction, while
+  // rip stays on the INT until the delivery succeeded (a fault delivering
+  // it is the INT's own fault).
   const uint16_t new_ss =
       new_cpl < state_.cpl ? static_cast<uint16_t>(new_cpl) : state_.seg[kSs].selector;
   const uint64_t frame[6] = {
       state_.seg[kSs].selector, state_.gpr[kRegRsp], state_.Rflags(), state_.seg[kCs].selector,
-      state_.rip, error_code};
+      kind == EventKind::kSoftwareInt ? next_rip_ : state_.rip, error_code};
   // Whether an error code is pushed is the vector's property (Table 6-1);
   // INT n and external interrupts never push one.
   (void)has_error_code;
@@ -403,10 +406,25 @@ bool Interpreter::FarReturn(const DecodedInsn& in) noexcept {
   const uint8_t old_cpl = state_.cpl;
   const uint16_t old_cs = state_.seg[kCs].selector;
   if (!LoadCs(selector, rpl)) return false;
-  if (rpl > old_cpl && !LoadDataSegment(kSs, static_cast<uint16_t>(ss))) {
-    state_.seg[kCs].selector = old_cs;
-    SetCpl(old_cpl);
-    return false;
+  if (rpl > old_cpl) {
+    // SS is checked at the new CPL, but a fault on it is the RETF's, taken at
+    // the old CPL on the old stack: hold its delivery back until CS and the
+    // CPL are restored (as in Iret).
+    const bool deliver = deliver_events_;
+    deliver_events_ = false;
+    const bool ss_ok = LoadDataSegment(kSs, static_cast<uint16_t>(ss));
+    deliver_events_ = deliver;
+    if (!ss_ok) {
+      state_.seg[kCs].selector = old_cs;
+      SetCpl(old_cpl);
+      if (deliver && stop_ == StopReason::kException) {
+        stop_ = StopReason::kBudget;
+        if (exception_.vector == kVectorPf) state_.cr2 = exception_.cr2;
+        DeliverEvent(exception_.vector, EventKind::kException, exception_.has_error_code,
+                     exception_.error_code);
+      }
+      return false;
+    }
   }
   state_.gpr[kRegRsp] = new_rsp;
   next_rip_ = rip;
@@ -436,13 +454,24 @@ bool Interpreter::Iret(const DecodedInsn& in) noexcept {
   }
   const uint8_t old_cpl = state_.cpl;
   const uint16_t old_cs = state_.seg[kCs].selector;
-  const uint16_t old_ss = state_.seg[kSs].selector;
   if (!LoadCs(cs, rpl)) return false;
-  // SS is checked at the new CPL (a null SS is fine below CPL 3).
-  if (!LoadDataSegment(kSs, ss)) {
+  // SS is checked at the new CPL (a null SS is fine below CPL 3), but a fault
+  // on it is the IRET's, taken at the old CPL on the old stack with the old
+  // CS in its frame: hold its delivery back (RaiseException then only
+  // records it) until CS and the CPL are restored, then deliver it.
+  const bool deliver = deliver_events_;
+  deliver_events_ = false;
+  const bool ss_ok = LoadDataSegment(kSs, ss);
+  deliver_events_ = deliver;
+  if (!ss_ok) {
     state_.seg[kCs].selector = old_cs;
-    state_.seg[kSs].selector = old_ss;
     SetCpl(old_cpl);
+    if (deliver && stop_ == StopReason::kException) {
+      stop_ = StopReason::kBudget;
+      if (exception_.vector == kVectorPf) state_.cr2 = exception_.cr2;
+      DeliverEvent(exception_.vector, EventKind::kException, exception_.has_error_code,
+                   exception_.error_code);
+    }
     return false;
   }
   // Which RFLAGS bits IRET may change: IOPL only from CPL 0, IF only when
@@ -730,15 +759,25 @@ Interpreter::Flow Interpreter::ExecuteSystem(const DecodedInsn& in) noexcept {
     case Op::kInt: {
       // Traps: the frame holds the next instruction.
       const uint8_t vector = in.op == Op::kInt3 ? kVectorBp : static_cast<uint8_t>(in.imm);
-      state_.rip = next_rip_;
       counters_.Inc(InterpreterCounters::kExceptions);
       if (!deliver_events_) {
+        state_.rip = next_rip_;
         exception_ = {vector, false, 0, 0};
         stop_ = StopReason::kException;
         return Flow::kStop;
       }
-      DeliverEvent(vector, EventKind::kSoftwareInt, false, 0);
-      if (delivered_) delivered_trap_ = true;
+      if (TryDeliver(vector, EventKind::kSoftwareInt, false, 0)) {
+        delivered_ = true;
+        delivered_trap_ = true;  // the INT retired
+        return Flow::kStop;
+      }
+      if (stop_ == StopReason::kHostError || stop_ == StopReason::kIoExit) return Flow::kStop;
+      // A fault delivering it (#GP for a gate with DPL < CPL, #NP, a #PF on
+      // the stack) is a fault of the INT, which does not retire: delivered
+      // with rip still on the INT (a benign first event: no #DF, §6.15).
+      const PendingException fault = nested_;
+      if (fault.vector == kVectorPf) state_.cr2 = fault.cr2;
+      DeliverEvent(fault.vector, EventKind::kException, fault.has_error_code, fault.error_code);
       return Flow::kStop;
     }
     case Op::kIret:

@@ -203,7 +203,8 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
       return FieldError(absl::StrCat(where, ".backend"), "expected \"kvm\" or \"soft\"");
     }
     if (vm.paging != "native") {
-      return FieldError(absl::StrCat(where, ".paging"), "expected \"native\"");
+      return FieldError(absl::StrCat(where, ".paging"),
+                        absl::StrCat("unknown paging strategy \"", vm.paging, "\" (available: native)"));
     }
     if (!IsKnownWorkload(vm.workload)) {
       std::string known;
