@@ -1108,7 +1108,108 @@ Interpreter::Flow Interpreter::JccThunk(Interpreter* self, const DecodedInsn& in
   return Flow::kNext;
 }
 
+template <int kSize, Op kOp, Interpreter::Form kForm>
+Interpreter::Flow Interpreter::FormThunk(Interpreter* self, const DecodedInsn& in) noexcept {
+  CpuState& st = self->state_;
+  uint64_t b;
+  if constexpr (kForm == Form::kRegReg || kForm == Form::kMemReg) {
+    b = st.ReadReg(in.src.reg, kSize);
+  } else if constexpr (kForm == Form::kRegImm || kForm == Form::kMemImm) {
+    b = Truncate<kSize>(static_cast<uint64_t>(in.imm));
+  } else {
+    if (!self->Read(self->EffectiveAddress(in), kSize, &b)) return Flow::kStop;
+  }
+  constexpr bool kMemDst = kForm == Form::kMemReg || kForm == Form::kMemImm;
+  if constexpr (kOp == Op::kMov) {
+    if constexpr (kMemDst) {
+      return self->Write(self->EffectiveAddress(in), kSize, b) ? Flow::kNext : Flow::kStop;
+    } else {
+      st.WriteReg(in.dst.reg, kSize, b);
+      return Flow::kNext;
+    }
+  } else {
+    uint64_t a;
+    uint64_t addr = 0;
+    if constexpr (kMemDst) {
+      addr = self->EffectiveAddress(in);
+      if (!self->Read(addr, kSize, &a)) return Flow::kStop;
+    } else {
+      a = st.ReadReg(in.dst.reg, kSize);
+    }
+    if constexpr (kOp == Op::kCmp) {
+      Cmp<kSize>(&st.flags, a, b);
+      return Flow::kNext;
+    } else if constexpr (kOp == Op::kTest) {
+      Test<kSize>(&st.flags, a, b);
+      return Flow::kNext;
+    } else {
+      // A memory destination commits the flags only once the store succeeded.
+      LazyFlags nf = st.flags;
+      uint64_t r;
+      if constexpr (kOp == Op::kAdd) r = Add<kSize>(&nf, a, b);
+      else if constexpr (kOp == Op::kSub) r = Sub<kSize>(&nf, a, b);
+      else if constexpr (kOp == Op::kAnd) r = And<kSize>(&nf, a, b);
+      else if constexpr (kOp == Op::kOr) r = Or<kSize>(&nf, a, b);
+      else r = Xor<kSize>(&nf, a, b);
+      if constexpr (kMemDst) {
+        if (!self->Write(addr, kSize, r)) return Flow::kStop;
+      } else {
+        st.WriteReg(in.dst.reg, kSize, r);
+      }
+      st.flags = nf;
+      return Flow::kNext;
+    }
+  }
+}
+
+Interpreter::Handler Interpreter::ResolveFormHandler(const DecodedInsn& in) noexcept {
+  // Only the plain forms: LOCK, and the byte registers AH..BH (which
+  // ReadReg/WriteReg handle but MOVZX-like ops do not use) go the general way.
+  if (in.prefixes & kPrefixLock) return nullptr;
+  Form form;
+  const OperandKind d = in.dst.kind, sk = in.src.kind;
+  if (d == OperandKind::kReg && sk == OperandKind::kReg) form = Form::kRegReg;
+  else if (d == OperandKind::kReg && sk == OperandKind::kImm) form = Form::kRegImm;
+  else if (d == OperandKind::kReg && sk == OperandKind::kMem) form = Form::kRegMem;
+  else if (d == OperandKind::kMem && sk == OperandKind::kReg) form = Form::kMemReg;
+  else if (d == OperandKind::kMem && sk == OperandKind::kImm) form = Form::kMemImm;
+  else return nullptr;
+  if (in.src2.kind != OperandKind::kNone) return nullptr;
+#define FORM_ROW(kSize, kOp)                                                                  \
+  {&FormThunk<kSize, kOp, Form::kRegReg>, &FormThunk<kSize, kOp, Form::kRegImm>,             \
+   &FormThunk<kSize, kOp, Form::kRegMem>, &FormThunk<kSize, kOp, Form::kMemReg>,             \
+   &FormThunk<kSize, kOp, Form::kMemImm>}
+#define FORM_OP(kOp) {FORM_ROW(1, kOp), FORM_ROW(2, kOp), FORM_ROW(4, kOp), FORM_ROW(8, kOp)}
+  static constexpr Handler kTable[8][4][5] = {
+      FORM_OP(Op::kMov), FORM_OP(Op::kAdd), FORM_OP(Op::kSub), FORM_OP(Op::kAnd),
+      FORM_OP(Op::kOr),  FORM_OP(Op::kXor), FORM_OP(Op::kCmp), FORM_OP(Op::kTest)};
+#undef FORM_OP
+#undef FORM_ROW
+  int op;
+  switch (in.op) {
+    case Op::kMov: op = 0; break;
+    case Op::kAdd: op = 1; break;
+    case Op::kSub: op = 2; break;
+    case Op::kAnd: op = 3; break;
+    case Op::kOr: op = 4; break;
+    case Op::kXor: op = 5; break;
+    case Op::kCmp: op = 6; break;
+    case Op::kTest: op = 7; break;
+    default: return nullptr;
+  }
+  int size;
+  switch (in.operand_size) {
+    case 1: size = 0; break;
+    case 2: size = 1; break;
+    case 4: size = 2; break;
+    case 8: size = 3; break;
+    default: return nullptr;
+  }
+  return kTable[op][size][static_cast<int>(form)];
+}
+
 Interpreter::Handler Interpreter::ResolveHandler(const DecodedInsn& in) noexcept {
+  if (Handler h = ResolveFormHandler(in); h != nullptr) return h;
   if (in.op == Op::kJcc) {
     static constexpr Handler kJcc[16] = {
         &JccThunk<0>, &JccThunk<1>, &JccThunk<2>, &JccThunk<3>, &JccThunk<4>, &JccThunk<5>,

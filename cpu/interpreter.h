@@ -265,6 +265,13 @@ class Interpreter {
   static Handler ResolveHandler(const DecodedInsn& in) noexcept;
   template <unsigned kCond>
   static Flow JccThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  // MOV and the two-operand ALU ops, specialised on where their operands
+  // are (register, immediate, memory), so the hottest handlers carry no
+  // operand-kind switches.
+  enum class Form : uint8_t { kRegReg, kRegImm, kRegMem, kMemReg, kMemImm };
+  template <int kSize, Op kOp, Form kForm>
+  static Flow FormThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  static Handler ResolveFormHandler(const DecodedInsn& in) noexcept;
   template <int kSize, Op kOp>
   static Flow Thunk(Interpreter* self, const DecodedInsn& in) noexcept;
   template <int kSize, size_t... kOps>
