@@ -467,23 +467,28 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     block_dirty_ = false;
     prev = nullptr;
     uint32_t i = 0;
+    // `i` counts the retired instructions of this block; `retired` is
+    // updated once after the loop so that it can live in a register.
     for (; i < n; ++i) {
       const DecodedInsn& in = block->insns[i];
       next_rip_ = in.NextRip(state_.rip);
       if (block->handlers[i](this, in) == Flow::kStop) [[unlikely]] {
-        stopped = AfterStop(&retired);
+        uint64_t extra = 0;
+        stopped = AfterStop(&extra);
+        retired += extra;
         break;
       }
       state_.rip = next_rip_;
-      ++retired;
       // A store into this block's page (the rest of the block may be
       // stale), or an exit after this instruction.
       if (block_dirty_) [[unlikely]] {
         stopped = stop_after_;
+        ++i;
         break;
       }
     }
-    if (i == block->num_insns) [[likely]] {
+    retired += i;
+    if (i == block->num_insns && !block_dirty_) [[likely]] {
       prev = block;
       prev_start = start_rip;
       if (block->exit == Block::Exit::kCall) {
@@ -1150,7 +1155,8 @@ Interpreter::Flow Interpreter::FormThunk(Interpreter* self, const DecodedInsn& i
       else if constexpr (kOp == Op::kSub) r = Sub<kSize>(&nf, a, b);
       else if constexpr (kOp == Op::kAnd) r = And<kSize>(&nf, a, b);
       else if constexpr (kOp == Op::kOr) r = Or<kSize>(&nf, a, b);
-      else r = Xor<kSize>(&nf, a, b);
+      else if constexpr (kOp == Op::kXor) r = Xor<kSize>(&nf, a, b);
+      else r = ImulTruncated<kSize>(&nf, a, b);
       if constexpr (kMemDst) {
         if (!self->Write(addr, kSize, r)) return Flow::kStop;
       } else {
@@ -1180,9 +1186,10 @@ Interpreter::Handler Interpreter::ResolveFormHandler(const DecodedInsn& in) noex
    &FormThunk<kSize, kOp, Form::kRegMem>, &FormThunk<kSize, kOp, Form::kMemReg>,             \
    &FormThunk<kSize, kOp, Form::kMemImm>}
 #define FORM_OP(kOp) {FORM_ROW(1, kOp), FORM_ROW(2, kOp), FORM_ROW(4, kOp), FORM_ROW(8, kOp)}
-  static constexpr Handler kTable[8][4][5] = {
-      FORM_OP(Op::kMov), FORM_OP(Op::kAdd), FORM_OP(Op::kSub), FORM_OP(Op::kAnd),
-      FORM_OP(Op::kOr),  FORM_OP(Op::kXor), FORM_OP(Op::kCmp), FORM_OP(Op::kTest)};
+  static constexpr Handler kTable[9][4][5] = {
+      FORM_OP(Op::kMov), FORM_OP(Op::kAdd), FORM_OP(Op::kSub),  FORM_OP(Op::kAnd),
+      FORM_OP(Op::kOr),  FORM_OP(Op::kXor), FORM_OP(Op::kCmp),  FORM_OP(Op::kTest),
+      FORM_OP(Op::kImul2)};
 #undef FORM_OP
 #undef FORM_ROW
   int op;
@@ -1195,6 +1202,12 @@ Interpreter::Handler Interpreter::ResolveFormHandler(const DecodedInsn& in) noex
     case Op::kXor: op = 5; break;
     case Op::kCmp: op = 6; break;
     case Op::kTest: op = 7; break;
+    case Op::kImul2:
+      // IMUL r, r/m only (the decoder gives no other form; IMUL r, r/m, imm
+      // is kImul3).
+      if (form != Form::kRegReg && form != Form::kRegMem) return nullptr;
+      op = 8;
+      break;
     default: return nullptr;
   }
   int size;
