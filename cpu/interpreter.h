@@ -378,6 +378,7 @@ class Interpreter {
   bool LoadCs(uint16_t selector, uint8_t new_cpl) noexcept;
   // Checks and loads a data segment register (MOV Sreg, POP, IRET, RETF).
   bool LoadDataSegment(uint8_t sreg, uint16_t selector) noexcept;
+  bool LoadReturnSs(uint16_t ss, uint16_t old_cs, uint8_t old_cpl) noexcept;
   bool FarReturn(const DecodedInsn& in) noexcept;
   bool Iret(const DecodedInsn& in) noexcept;
   bool WriteCr(uint8_t cr, uint64_t value) noexcept;

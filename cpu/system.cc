@@ -377,6 +377,28 @@ bool Interpreter::LoadDataSegment(uint8_t sreg, uint16_t selector) noexcept {
   return true;
 }
 
+// The SS load of a return to an outer level (IRET, far RET), after CS and
+// the CPL were already switched. SS is checked at the new CPL, but a fault
+// on it is the returning instruction's, taken at the old CPL on the old
+// stack with the old CS in its frame: its delivery is held back
+// (RaiseException then only records it) until CS and the CPL are restored.
+bool Interpreter::LoadReturnSs(uint16_t ss, uint16_t old_cs, uint8_t old_cpl) noexcept {
+  const bool deliver = deliver_events_;
+  deliver_events_ = false;
+  const bool ss_ok = LoadDataSegment(kSs, ss);
+  deliver_events_ = deliver;
+  if (ss_ok) return true;
+  state_.seg[kCs].selector = old_cs;
+  SetCpl(old_cpl);
+  if (deliver && stop_ == StopReason::kException) {
+    stop_ = StopReason::kBudget;
+    if (exception_.vector == kVectorPf) state_.cr2 = exception_.cr2;
+    DeliverEvent(exception_.vector, EventKind::kException, exception_.has_error_code,
+                 exception_.error_code);
+  }
+  return false;
+}
+
 // RETF (Vol. 2B "RET"): pops RIP and CS; a return to an outer privilege level
 // also pops RSP and SS.
 bool Interpreter::FarReturn(const DecodedInsn& in) noexcept {
@@ -406,26 +428,7 @@ bool Interpreter::FarReturn(const DecodedInsn& in) noexcept {
   const uint8_t old_cpl = state_.cpl;
   const uint16_t old_cs = state_.seg[kCs].selector;
   if (!LoadCs(selector, rpl)) return false;
-  if (rpl > old_cpl) {
-    // SS is checked at the new CPL, but a fault on it is the RETF's, taken at
-    // the old CPL on the old stack: hold its delivery back until CS and the
-    // CPL are restored (as in Iret).
-    const bool deliver = deliver_events_;
-    deliver_events_ = false;
-    const bool ss_ok = LoadDataSegment(kSs, static_cast<uint16_t>(ss));
-    deliver_events_ = deliver;
-    if (!ss_ok) {
-      state_.seg[kCs].selector = old_cs;
-      SetCpl(old_cpl);
-      if (deliver && stop_ == StopReason::kException) {
-        stop_ = StopReason::kBudget;
-        if (exception_.vector == kVectorPf) state_.cr2 = exception_.cr2;
-        DeliverEvent(exception_.vector, EventKind::kException, exception_.has_error_code,
-                     exception_.error_code);
-      }
-      return false;
-    }
-  }
+  if (rpl > old_cpl && !LoadReturnSs(static_cast<uint16_t>(ss), old_cs, old_cpl)) return false;
   state_.gpr[kRegRsp] = new_rsp;
   next_rip_ = rip;
   return true;
@@ -455,25 +458,8 @@ bool Interpreter::Iret(const DecodedInsn& in) noexcept {
   const uint8_t old_cpl = state_.cpl;
   const uint16_t old_cs = state_.seg[kCs].selector;
   if (!LoadCs(cs, rpl)) return false;
-  // SS is checked at the new CPL (a null SS is fine below CPL 3), but a fault
-  // on it is the IRET's, taken at the old CPL on the old stack with the old
-  // CS in its frame: hold its delivery back (RaiseException then only
-  // records it) until CS and the CPL are restored, then deliver it.
-  const bool deliver = deliver_events_;
-  deliver_events_ = false;
-  const bool ss_ok = LoadDataSegment(kSs, ss);
-  deliver_events_ = deliver;
-  if (!ss_ok) {
-    state_.seg[kCs].selector = old_cs;
-    SetCpl(old_cpl);
-    if (deliver && stop_ == StopReason::kException) {
-      stop_ = StopReason::kBudget;
-      if (exception_.vector == kVectorPf) state_.cr2 = exception_.cr2;
-      DeliverEvent(exception_.vector, EventKind::kException, exception_.has_error_code,
-                   exception_.error_code);
-    }
-    return false;
-  }
+  // SS is checked at the new CPL (a null SS is fine below CPL 3).
+  if (!LoadReturnSs(ss, old_cs, old_cpl)) return false;
   // Which RFLAGS bits IRET may change: IOPL only from CPL 0, IF only when
   // CPL <= IOPL; VM stays clear in 64-bit mode.
   uint64_t mask = kArithFlags | kFlagTf | kFlagDf | kFlagNt | kFlagRf | kFlagAc | kFlagId |

@@ -24,8 +24,10 @@
 #include "absl/strings/str_cat.h"
 #include "guest/qemu_runner.h"
 #include "gtest/gtest.h"
+#include "tests/support/run_command.h"
 #include "nlohmann/json.hpp"
 #include "tests/fakes/tiny_elf.h"
+#include "tests/support/small_workload_args.h"
 #include "vmm-host/vmm_runner.h"
 
 namespace vmm {
@@ -33,20 +35,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-// Small sizes (those vmm_kvm_test uses): every workload takes well under two
-// seconds on soft, also under AddressSanitizer.
-const std::map<std::string, std::string>& SmallArgs() {
-  static const auto* args = new std::map<std::string, std::string>{
-      {"compute", "iters=300000"},
-      {"memtouch", "mib=2 passes=1"},
-      {"ptchurn", "iters=8 pages=16 procs=2"},
-      {"tlbstress", "mib=2 passes=1"},
-      {"dedupfill", "mib=2 rounds=1"},
-      {"idle", "mib=1 sleep_ms=300 wake_ms=100"},
-      {"mix", "mib=1 compute.iters=300000 ptchurn.iters=6 ptchurn.procs=1 idle.sleep_ms=300"},
-  };
-  return *args;
-}
 constexpr uint64_t kRamBytes = 48 << 20;
 
 bool KvmUsable(std::string* why) {
@@ -105,7 +93,7 @@ class SoftGuestTest : public ::testing::Test {
       vm.name = absl::StrCat("vm", i);
       vm.backend = backend;
       vm.workload = workload;
-      vm.workload_args = SmallArgs().at(workload);
+      vm.workload_args = vmm::testing::SmallWorkloadArgs().at(workload);
       vm.ram_bytes = kRamBytes;
       vm.timeout_seconds = 300;  // generous: ASan builds run the interpreter ~5x slower
       c.vms.push_back(vm);
@@ -141,7 +129,7 @@ TEST_P(SoftWorkloadTest, SucceedsAndMatchesQemuAndKvm) {
   EXPECT_EQ(report["host"]["backend"], "soft");
   EXPECT_EQ(vm["outcome"], "exited");
   const std::string cmdline = vm["cmdline"].get<std::string>();
-  EXPECT_EQ(cmdline, absl::StrCat("workload=", workload, " ", SmallArgs().at(workload)));
+  EXPECT_EQ(cmdline, absl::StrCat("workload=", workload, " ", vmm::testing::SmallWorkloadArgs().at(workload)));
   EXPECT_GT(vm["soft_vcpu_stats"]["cpu.instructions"].get<uint64_t>(), 0u);
 
   std::string missing;
@@ -298,22 +286,8 @@ TEST_F(SoftGuestTest, TripleFaultFailsThatGuestAloneAndTheOthersFinish) {
 // ---------------------------------------------------------------------------
 // The CLI.
 
-struct CliResult {
-  int status = -1;
-  std::string out;  // stdout and stderr
-};
-
-CliResult Vmm(const std::string& args) {
-  const std::string cmd = absl::StrCat(VMM_BINARY, " ", args, " 2>&1");
-  CliResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+vmm::testing::CommandResult Vmm(const std::string& args) {
+  return vmm::testing::RunCommand(absl::StrCat(VMM_BINARY, " ", args));
 }
 
 TEST_F(SoftGuestTest, CliRunsTheDefaultWorkloadOnSoft) {
@@ -322,7 +296,7 @@ TEST_F(SoftGuestTest, CliRunsTheDefaultWorkloadOnSoft) {
   // about two minutes in the ASan build, hence a timeout above the default
   // 120 s (and below this test's ctest TIMEOUT).
   const std::string report = (dir_ / "cli-report.json").string();
-  const CliResult r = Vmm(absl::StrCat("run --backend=soft --count=1 --echo_console=false",
+  const vmm::testing::CommandResult r = Vmm(absl::StrCat("run --backend=soft --count=1 --echo_console=false",
                                        " --timeout=540 --report=", report,
                                        " --log_dir=", (dir_ / "logs").string()));
   EXPECT_EQ(r.status, 0) << r.out;
@@ -337,7 +311,7 @@ TEST_F(SoftGuestTest, CliRunsTheDefaultWorkloadOnSoft) {
 }
 
 TEST_F(SoftGuestTest, CliRejectsAnUnknownPagingStrategy) {
-  const CliResult r = Vmm(absl::StrCat("run --backend=soft --paging=bogus --report=",
+  const vmm::testing::CommandResult r = Vmm(absl::StrCat("run --backend=soft --paging=bogus --report=",
                                        (dir_ / "r.json").string(), " --log_dir=",
                                        (dir_ / "logs").string()));
   EXPECT_EQ(r.status, 2);

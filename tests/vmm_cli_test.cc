@@ -9,25 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/support/run_command.h"
 
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string out;  // stdout and stderr
-};
-
-Result Vmm(const std::string& args) {
-  const std::string cmd = absl::StrCat(VMM_BINARY, " ", args, " 2>&1");
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+vmm::testing::CommandResult Vmm(const std::string& args) {
+  return vmm::testing::RunCommand(absl::StrCat(VMM_BINARY, " ", args));
 }
 
 int Lines(const std::string& s) {
@@ -37,28 +24,28 @@ int Lines(const std::string& s) {
 }
 
 TEST(VmmCliTest, UnknownWorkloadIsOneLineNamingTheField) {
-  Result r = Vmm("run --workload=bitcoin");
+  vmm::testing::CommandResult r = Vmm("run --workload=bitcoin");
   EXPECT_EQ(r.status, 2);
   EXPECT_EQ(Lines(r.out), 1) << r.out;
   EXPECT_NE(r.out.find("workload: unknown workload 'bitcoin'"), std::string::npos) << r.out;
 }
 
 TEST(VmmCliTest, UnusableImageIsOneLine) {
-  Result r = Vmm("run --kernel=/dev/null");
+  vmm::testing::CommandResult r = Vmm("run --kernel=/dev/null");
   EXPECT_EQ(r.status, 2);
   EXPECT_EQ(Lines(r.out), 1) << r.out;
   EXPECT_NE(r.out.find("guest image /dev/null: truncated"), std::string::npos) << r.out;
 }
 
 TEST(VmmCliTest, SizesBeyondTheBudgetAreOneLine) {
-  Result r = Vmm("run --count=4 --ram=64M --host_budget=128M");
+  vmm::testing::CommandResult r = Vmm("run --count=4 --ram=64M --host_budget=128M");
   EXPECT_EQ(r.status, 2);
   EXPECT_EQ(Lines(r.out), 1) << r.out;
   EXPECT_NE(r.out.find("need 256 MiB of RAM but the host budget is 128 MiB"), std::string::npos) << r.out;
 }
 
 TEST(VmmCliTest, BadSizesAndConfigFieldsAreNamed) {
-  Result r = Vmm("run --ram=lots");
+  vmm::testing::CommandResult r = Vmm("run --ram=lots");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("--ram: bad size 'lots'"), std::string::npos) << r.out;
   const std::string config = ::testing::TempDir() + "/bad_config.json";
@@ -77,7 +64,7 @@ TEST(VmmCliTest, BadSizesAndConfigFieldsAreNamed) {
 
 TEST(VmmCliTest, UsageErrors) {
   EXPECT_EQ(Vmm("").status, 2);
-  Result r = Vmm("frobnicate");
+  vmm::testing::CommandResult r = Vmm("frobnicate");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("unknown command 'frobnicate'"), std::string::npos);
   r = Vmm("run extra");

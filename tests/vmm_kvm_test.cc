@@ -17,6 +17,7 @@
 #include "guest/qemu_runner.h"
 #include "gtest/gtest.h"
 #include "tests/fakes/tiny_elf.h"
+#include "tests/support/small_workload_args.h"
 #include "vmm-host/vmm_runner.h"
 
 namespace vmm {
@@ -38,20 +39,6 @@ bool KvmUsable(std::string* why) {
     if (!KvmUsable(&why)) GTEST_SKIP() << why;           \
   } while (0)
 
-// Small sizes: on the development hosts guest kernel code is emulated
-// (docs/platform.md), so page-table-heavy work is slow.
-const std::map<std::string, std::string>& SmallArgs() {
-  static const auto* args = new std::map<std::string, std::string>{
-      {"compute", "iters=300000"},
-      {"memtouch", "mib=2 passes=1"},
-      {"ptchurn", "iters=8 pages=16 procs=2"},
-      {"tlbstress", "mib=2 passes=1"},
-      {"dedupfill", "mib=2 rounds=1"},
-      {"idle", "mib=1 sleep_ms=300 wake_ms=100"},
-      {"mix", "mib=1 compute.iters=300000 ptchurn.iters=6 ptchurn.procs=1 idle.sleep_ms=300"},
-  };
-  return *args;
-}
 
 class VmmKvmTest : public ::testing::Test {
  protected:
@@ -71,7 +58,7 @@ class VmmKvmTest : public ::testing::Test {
       VmConfig vm;
       vm.name = absl::StrCat("vm", i);
       vm.workload = workload;
-      vm.workload_args = SmallArgs().at(workload);
+      vm.workload_args = vmm::testing::SmallWorkloadArgs().at(workload);
       vm.ram_bytes = 48 << 20;
       vm.timeout_seconds = 120;
       c.vms.push_back(vm);
@@ -113,7 +100,7 @@ TEST_P(WorkloadKvmTest, RunsAndMatchesQemu) {
 
   if (guest::FindQemu().empty()) GTEST_SKIP() << "QEMU not found: the KVM run passed, no comparison";
   guest::QemuOptions q;
-  q.cmdline = absl::StrCat("workload=", workload, " ", SmallArgs().at(workload));
+  q.cmdline = absl::StrCat("workload=", workload, " ", vmm::testing::SmallWorkloadArgs().at(workload));
   q.memory_mib = 48;
   guest::QemuRun qemu = guest::RunGuest(q);
   ASSERT_TRUE(qemu.started);
