@@ -724,7 +724,7 @@ DecodeStatus Decode(const uint8_t* bytes, size_t available, DecodedInsn* out) no
 }
 
 DecodedBlock DecodeBlock(const uint8_t* page_bytes, uint32_t offset, DecodedInsn* out,
-                         size_t max_insns) noexcept {
+                         size_t max_insns, bool through_jcc) noexcept {
   DecodedBlock block;
   uint32_t pos = offset;
   while (block.num_insns < max_insns) {
@@ -745,7 +745,7 @@ DecodedBlock DecodeBlock(const uint8_t* page_bytes, uint32_t offset, DecodedInsn
       block.end = BlockEnd::kInvalid;
       return block;
     }
-    if (EndsBlock(insn->op)) {
+    if (EndsBlock(insn->op) && !(through_jcc && insn->op == Op::kJcc)) {
       block.end = BlockEnd::kEndsBlock;
       return block;
     }

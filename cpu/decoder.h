@@ -69,7 +69,12 @@ struct DecodedBlock {
 // ends a block, an invalid one (stored as the last entry, op kInvalid), the end
 // of the page, or max_insns. Requires offset < kCodePageBytes and max_insns >= 1.
 // Allocation-free.
+//
+// `through_jcc`: decode on past conditional branches along their fall-through
+// path (a superblock), so a loop whose early exits are rarely taken is one
+// block. The caller must then leave the block wherever a Jcc is taken.
 [[nodiscard]] DecodedBlock DecodeBlock(const uint8_t* page_bytes, uint32_t offset,
-                                       DecodedInsn* out, size_t max_insns) noexcept;
+                                       DecodedInsn* out, size_t max_insns,
+                                       bool through_jcc = false) noexcept;
 
 }  // namespace cpu

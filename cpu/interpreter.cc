@@ -284,8 +284,8 @@ Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
     vcpu_.tlb->FlushAll();
   }
   const uint32_t offset = static_cast<uint32_t>(key & base::kPageMask);
-  const DecodedBlock d =
-      DecodeBlock(reinterpret_cast<const uint8_t*>(page_key), offset, b.insns, kMaxBlockInsns);
+  const DecodedBlock d = DecodeBlock(reinterpret_cast<const uint8_t*>(page_key), offset, b.insns,
+                                     kMaxBlockInsns, /*through_jcc=*/true);
   counters_.Inc(InterpreterCounters::kBlocksDecoded);
   if (d.num_insns == 0) {
     // The first instruction straddles the page end: the caller decodes it
@@ -305,6 +305,7 @@ Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
                                                              : Block::Exit::kOther;
   for (uint32_t i = 0; i < d.num_insns; ++i) {
     b.handlers[i] = ResolveHandler(b.insns[i]);
+    if (b.insns[i].op == Op::kJcc && i + 1 < d.num_insns) b.handlers[i] = ResolveJccExit(b.insns[i]);
     b.fallthrough_offset += b.insns[i].length;
   }
   return &b;
@@ -397,6 +398,7 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
   // The block that just ran to its end, whose links may name the next one.
   Block* prev = nullptr;
   uint64_t prev_start = 0;
+  Block::Exit prev_exit = Block::Exit::kOther;  // how prev was left
   BreakChains();  // the state may have changed since the last Run
   while (!stopped && retired < max_instructions) {
     // The TSC (RDTSC) reads state_.instructions: keep it current at block
@@ -431,7 +433,7 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     Block* block = nullptr;
     Link* link = nullptr;
     if (prev != nullptr) {
-      if (prev->exit == Block::Exit::kRet) [[unlikely]] {
+      if (prev_exit == Block::Exit::kRet) [[unlikely]] {
         // Back to the caller: its fall-through link leads to the return point.
         const ReturnEntry& r = return_stack_[--return_top_ % kReturnStack];
         link = r.rip == state_.rip && r.caller != nullptr ? &r.caller->links[1] : &prev->links[0];
@@ -488,10 +490,14 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
       }
     }
     retired += i;
-    if (i == block->num_insns && !block_dirty_) [[likely]] {
+    // A taken Jcc inside the superblock leaves it like a block end: link on.
+    const bool branch_exit = branch_exit_ && !stopped;
+    branch_exit_ = false;
+    if ((i == block->num_insns && !block_dirty_) || branch_exit) [[likely]] {
       prev = block;
       prev_start = start_rip;
-      if (block->exit == Block::Exit::kCall) {
+      prev_exit = branch_exit ? Block::Exit::kOther : block->exit;
+      if (prev_exit == Block::Exit::kCall) {
         return_stack_[return_top_++ % kReturnStack] = {start_rip + block->fallthrough_offset, block};
       }
     }
@@ -1166,6 +1172,25 @@ Interpreter::Flow Interpreter::FormThunk(Interpreter* self, const DecodedInsn& i
       return Flow::kNext;
     }
   }
+}
+
+template <unsigned kCond>
+Interpreter::Flow Interpreter::JccExitThunk(Interpreter* self, const DecodedInsn& in) noexcept {
+  if (EvalConditionT<kCond>(self->state_.flags)) {
+    self->next_rip_ = in.BranchTarget(self->state_.rip);
+    self->block_dirty_ = true;
+    self->branch_exit_ = true;
+  }
+  return Flow::kNext;
+}
+
+Interpreter::Handler Interpreter::ResolveJccExit(const DecodedInsn& in) noexcept {
+  static constexpr Handler kJccExit[16] = {
+      &JccExitThunk<0>,  &JccExitThunk<1>,  &JccExitThunk<2>,  &JccExitThunk<3>,
+      &JccExitThunk<4>,  &JccExitThunk<5>,  &JccExitThunk<6>,  &JccExitThunk<7>,
+      &JccExitThunk<8>,  &JccExitThunk<9>,  &JccExitThunk<10>, &JccExitThunk<11>,
+      &JccExitThunk<12>, &JccExitThunk<13>, &JccExitThunk<14>, &JccExitThunk<15>};
+  return kJccExit[in.cond & 15];
 }
 
 Interpreter::Handler Interpreter::ResolveFormHandler(const DecodedInsn& in) noexcept {

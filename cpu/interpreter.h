@@ -265,6 +265,9 @@ class Interpreter {
   static Handler ResolveHandler(const DecodedInsn& in) noexcept;
   template <unsigned kCond>
   static Flow JccThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  // A Jcc inside a superblock: when taken it leaves the block.
+  template <unsigned kCond>
+  static Flow JccExitThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   // MOV and the two-operand ALU ops, specialised on where their operands
   // are (register, immediate, memory), so the hottest handlers carry no
   // operand-kind switches.
@@ -272,6 +275,7 @@ class Interpreter {
   template <int kSize, Op kOp, Form kForm>
   static Flow FormThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   static Handler ResolveFormHandler(const DecodedInsn& in) noexcept;
+  static Handler ResolveJccExit(const DecodedInsn& in) noexcept;
   template <int kSize, Op kOp>
   static Flow Thunk(Interpreter* self, const DecodedInsn& in) noexcept;
   template <int kSize, size_t... kOps>
@@ -411,6 +415,8 @@ class Interpreter {
   bool block_dirty_ = false;
   // Stop Run() after this instruction retires (a write that exits).
   bool stop_after_ = false;
+  // A Jcc inside the block was taken (it also sets block_dirty_).
+  bool branch_exit_ = false;
   StopReason stop_ = StopReason::kBudget;
   PendingException exception_;
   const char* stop_detail_ = "";
