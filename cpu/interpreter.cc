@@ -360,6 +360,7 @@ bool Interpreter::StepSingle(uint64_t* retired) noexcept {
   if (Execute(single) == Flow::kStop) return !AfterStop(retired);
   state_.rip = next_rip_;
   ++*retired;
+  branch_exit_ = false;
   return !stop_after_;
 }
 
@@ -468,25 +469,26 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     const uint64_t start_rip = state_.rip;
     block_dirty_ = false;
     prev = nullptr;
-    uint32_t i = 0;
-    // `i` counts the retired instructions of this block; `retired` is
-    // updated once after the loop so that it can live in a register.
-    for (; i < n; ++i) {
-      const DecodedInsn& in = block->insns[i];
-      next_rip_ = in.NextRip(state_.rip);
-      if (block->handlers[i](this, in) == Flow::kStop) [[unlikely]] {
+    // Threaded dispatch runs the block (see Threaded); `i` is the number
+    // of its instructions that retired.
+    ctx_insns_ = block->insns;
+    ctx_handlers_ = block->handlers;
+    ctx_end_ = block->insns + n;
+    next_rip_ = block->insns[0].NextRip(state_.rip);
+    const Flow flow = block->handlers[0](this, block->insns[0]);
+    uint32_t i = n;
+    if (flow != Flow::kNext) [[unlikely]] {
+      i = static_cast<uint32_t>(exit_at_ - block->insns);
+      if (flow == Flow::kStop) {
         uint64_t extra = 0;
         stopped = AfterStop(&extra);
         retired += extra;
-        break;
-      }
-      state_.rip = next_rip_;
-      // A store into this block's page (the rest of the block may be
-      // stale), or an exit after this instruction.
-      if (block_dirty_) [[unlikely]] {
+      } else {
+        // A store into this block's page (the rest of the block may be
+        // stale), a taken branch out of the superblock, or an exit after
+        // this instruction.
         stopped = stop_after_;
         ++i;
-        break;
       }
     }
     retired += i;
@@ -1095,6 +1097,23 @@ namespace {
 constexpr uint8_t kSizeRow[17] = {4, 0, 1, 4, 2, 4, 4, 4, 3, 4, 4, 4, 4, 4, 4, 4, 4};
 }  // namespace
 
+template <Interpreter::Handler kInner>
+Interpreter::Flow Interpreter::Threaded(Interpreter* self, const DecodedInsn& in) noexcept {
+  if (kInner(self, in) == Flow::kStop) [[unlikely]] {
+    self->exit_at_ = &in;
+    return Flow::kStop;
+  }
+  self->state_.rip = self->next_rip_;
+  if (self->block_dirty_) [[unlikely]] {
+    self->exit_at_ = &in;
+    return Flow::kDirty;
+  }
+  const DecodedInsn* next = &in + 1;
+  if (next == self->ctx_end_) return Flow::kNext;
+  self->next_rip_ = next->NextRip(self->state_.rip);
+  return self->ctx_handlers_[next - self->ctx_insns_](self, *next);
+}
+
 template <int kSize, Op kOp>
 Interpreter::Flow Interpreter::Thunk(Interpreter* self, const DecodedInsn& in) noexcept {
   if constexpr (kSize == 0) {
@@ -1107,7 +1126,7 @@ Interpreter::Flow Interpreter::Thunk(Interpreter* self, const DecodedInsn& in) n
 template <int kSize, size_t... kOps>
 constexpr std::array<Interpreter::Handler, static_cast<size_t>(Op::kNumOps)> Interpreter::MakeRow(
     std::index_sequence<kOps...>) noexcept {
-  return {&Interpreter::Thunk<kSize, static_cast<Op>(kOps)>...};
+  return {&Interpreter::Threaded<&Interpreter::Thunk<kSize, static_cast<Op>(kOps)>>...};
 }
 
 // Jcc gets one handler per condition, with the condition folded in
@@ -1186,10 +1205,12 @@ Interpreter::Flow Interpreter::JccExitThunk(Interpreter* self, const DecodedInsn
 
 Interpreter::Handler Interpreter::ResolveJccExit(const DecodedInsn& in) noexcept {
   static constexpr Handler kJccExit[16] = {
-      &JccExitThunk<0>,  &JccExitThunk<1>,  &JccExitThunk<2>,  &JccExitThunk<3>,
-      &JccExitThunk<4>,  &JccExitThunk<5>,  &JccExitThunk<6>,  &JccExitThunk<7>,
-      &JccExitThunk<8>,  &JccExitThunk<9>,  &JccExitThunk<10>, &JccExitThunk<11>,
-      &JccExitThunk<12>, &JccExitThunk<13>, &JccExitThunk<14>, &JccExitThunk<15>};
+      &Threaded<&JccExitThunk<0>>,  &Threaded<&JccExitThunk<1>>,  &Threaded<&JccExitThunk<2>>,
+      &Threaded<&JccExitThunk<3>>,  &Threaded<&JccExitThunk<4>>,  &Threaded<&JccExitThunk<5>>,
+      &Threaded<&JccExitThunk<6>>,  &Threaded<&JccExitThunk<7>>,  &Threaded<&JccExitThunk<8>>,
+      &Threaded<&JccExitThunk<9>>,  &Threaded<&JccExitThunk<10>>, &Threaded<&JccExitThunk<11>>,
+      &Threaded<&JccExitThunk<12>>, &Threaded<&JccExitThunk<13>>, &Threaded<&JccExitThunk<14>>,
+      &Threaded<&JccExitThunk<15>>};
   return kJccExit[in.cond & 15];
 }
 
@@ -1206,10 +1227,10 @@ Interpreter::Handler Interpreter::ResolveFormHandler(const DecodedInsn& in) noex
   else if (d == OperandKind::kMem && sk == OperandKind::kImm) form = Form::kMemImm;
   else return nullptr;
   if (in.src2.kind != OperandKind::kNone) return nullptr;
-#define FORM_ROW(kSize, kOp)                                                                  \
-  {&FormThunk<kSize, kOp, Form::kRegReg>, &FormThunk<kSize, kOp, Form::kRegImm>,             \
-   &FormThunk<kSize, kOp, Form::kRegMem>, &FormThunk<kSize, kOp, Form::kMemReg>,             \
-   &FormThunk<kSize, kOp, Form::kMemImm>}
+#define FORM_ROW(kSize, kOp)                                                                 \
+  {&Threaded<&FormThunk<kSize, kOp, Form::kRegReg>>, &Threaded<&FormThunk<kSize, kOp, Form::kRegImm>>, \
+   &Threaded<&FormThunk<kSize, kOp, Form::kRegMem>>, &Threaded<&FormThunk<kSize, kOp, Form::kMemReg>>, \
+   &Threaded<&FormThunk<kSize, kOp, Form::kMemImm>>}
 #define FORM_OP(kOp) {FORM_ROW(1, kOp), FORM_ROW(2, kOp), FORM_ROW(4, kOp), FORM_ROW(8, kOp)}
   static constexpr Handler kTable[9][4][5] = {
       FORM_OP(Op::kMov), FORM_OP(Op::kAdd), FORM_OP(Op::kSub),  FORM_OP(Op::kAnd),
@@ -1250,9 +1271,12 @@ Interpreter::Handler Interpreter::ResolveHandler(const DecodedInsn& in) noexcept
   if (Handler h = ResolveFormHandler(in); h != nullptr) return h;
   if (in.op == Op::kJcc) {
     static constexpr Handler kJcc[16] = {
-        &JccThunk<0>, &JccThunk<1>, &JccThunk<2>, &JccThunk<3>, &JccThunk<4>, &JccThunk<5>,
-        &JccThunk<6>, &JccThunk<7>, &JccThunk<8>, &JccThunk<9>, &JccThunk<10>, &JccThunk<11>,
-        &JccThunk<12>, &JccThunk<13>, &JccThunk<14>, &JccThunk<15>};
+        &Threaded<&JccThunk<0>>,  &Threaded<&JccThunk<1>>,  &Threaded<&JccThunk<2>>,
+        &Threaded<&JccThunk<3>>,  &Threaded<&JccThunk<4>>,  &Threaded<&JccThunk<5>>,
+        &Threaded<&JccThunk<6>>,  &Threaded<&JccThunk<7>>,  &Threaded<&JccThunk<8>>,
+        &Threaded<&JccThunk<9>>,  &Threaded<&JccThunk<10>>, &Threaded<&JccThunk<11>>,
+        &Threaded<&JccThunk<12>>, &Threaded<&JccThunk<13>>, &Threaded<&JccThunk<14>>,
+        &Threaded<&JccThunk<15>>};
     return kJcc[in.cond & 15];
   }
   using Seq = std::make_index_sequence<static_cast<size_t>(Op::kNumOps)>;
@@ -1264,7 +1288,14 @@ Interpreter::Handler Interpreter::ResolveHandler(const DecodedInsn& in) noexcept
 }
 
 Interpreter::Flow Interpreter::Execute(const DecodedInsn& in) noexcept {
-  return ResolveHandler(in)(this, in);
+  // One instruction alone: a one-entry context, so the threaded handler
+  // returns after it. kDirty means it retired, like kNext.
+  const Handler h = ResolveHandler(in);
+  ctx_insns_ = &in;
+  ctx_handlers_ = &h;
+  ctx_end_ = &in + 1;
+  const Flow flow = h(this, in);
+  return flow == Flow::kDirty ? Flow::kNext : flow;
 }
 
 }  // namespace cpu

@@ -222,7 +222,9 @@ class Interpreter {
   // What executing one instruction did. kStop: leave the block; stop_ says
   // whether Run() goes on (kDelivered: an event redirected rip, which is
   // already set; the instruction retired only if it was a trap).
-  enum class Flow : uint8_t { kNext, kStop };
+  // kDirty (only from Threaded): the instruction at exit_at_ retired and the
+  // block must be left after it (block_dirty_).
+  enum class Flow : uint8_t { kNext, kStop, kDirty };
   using Handler = Flow (*)(Interpreter*, const DecodedInsn&) noexcept;
 
   struct Block;
@@ -263,21 +265,29 @@ class Interpreter {
   template <int kSize, Op kOp>
   [[gnu::always_inline]] inline Flow ExecuteOp(const DecodedInsn& in) noexcept;
   static Handler ResolveHandler(const DecodedInsn& in) noexcept;
+  // Threaded dispatch: every handler a block holds is Threaded<inner>, which
+  // runs the instruction, retires it and jumps straight to the next one's
+  // handler (a tail call: one predicted indirect jump per instruction, no
+  // return to a dispatch loop). It returns at the block's end (kNext), or
+  // with exit_at_ set (kStop: that instruction did not complete; kDirty: it
+  // retired and the block must be left).
+  template <Handler kInner>
+  static Flow Threaded(Interpreter* self, const DecodedInsn& in) noexcept;
   template <unsigned kCond>
-  static Flow JccThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  [[gnu::always_inline]] static inline Flow JccThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   // A Jcc inside a superblock: when taken it leaves the block.
   template <unsigned kCond>
-  static Flow JccExitThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  [[gnu::always_inline]] static inline Flow JccExitThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   // MOV and the two-operand ALU ops, specialised on where their operands
   // are (register, immediate, memory), so the hottest handlers carry no
   // operand-kind switches.
   enum class Form : uint8_t { kRegReg, kRegImm, kRegMem, kMemReg, kMemImm };
   template <int kSize, Op kOp, Form kForm>
-  static Flow FormThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  [[gnu::always_inline]] static inline Flow FormThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   static Handler ResolveFormHandler(const DecodedInsn& in) noexcept;
   static Handler ResolveJccExit(const DecodedInsn& in) noexcept;
   template <int kSize, Op kOp>
-  static Flow Thunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  [[gnu::always_inline]] static inline Flow Thunk(Interpreter* self, const DecodedInsn& in) noexcept;
   template <int kSize, size_t... kOps>
   static constexpr std::array<Handler, static_cast<size_t>(Op::kNumOps)> MakeRow(
       std::index_sequence<kOps...>) noexcept;
@@ -417,6 +427,11 @@ class Interpreter {
   bool stop_after_ = false;
   // A Jcc inside the block was taken (it also sets block_dirty_).
   bool branch_exit_ = false;
+  // The block being run by threaded dispatch (see Threaded).
+  const DecodedInsn* ctx_insns_ = nullptr;
+  const Handler* ctx_handlers_ = nullptr;
+  const DecodedInsn* ctx_end_ = nullptr;  // one past the last instruction to run
+  const DecodedInsn* exit_at_ = nullptr;
   StopReason stop_ = StopReason::kBudget;
   PendingException exception_;
   const char* stop_detail_ = "";
