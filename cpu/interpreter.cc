@@ -466,17 +466,27 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     }
     const uint64_t budget = max_instructions - retired;
     const uint32_t n = block->num_insns < budget ? block->num_insns : static_cast<uint32_t>(budget);
-    const uint64_t start_rip = state_.rip;
     block_dirty_ = false;
     prev = nullptr;
-    // Threaded dispatch runs the block (see Threaded); `i` is the number
-    // of its instructions that retired.
+    // Threaded dispatch runs the block (see Threaded), and may chain into
+    // linked blocks after it (ChainOrReturn) within the budget and at most
+    // kChainBlocks blocks before this loop looks at invalidations and
+    // interrupts again. cur_block_ is then the block it ended in; `i` is the
+    // number of that block's instructions that retired.
+    cur_block_ = block;
+    cur_start_ = state_.rip;
+    chain_credits_ = kChainBlocks;
+    chain_insns_left_ = budget - n;
+    chained_retired_ = 0;
     ctx_insns_ = block->insns;
     ctx_handlers_ = block->handlers;
     ctx_end_ = block->insns + n;
     next_rip_ = block->insns[0].NextRip(state_.rip);
     const Flow flow = block->handlers[0](this, block->insns[0]);
-    uint32_t i = n;
+    block = cur_block_;
+    const uint64_t start_rip = cur_start_;
+    retired += chained_retired_;
+    uint32_t i = static_cast<uint32_t>(ctx_end_ - ctx_insns_);
     if (flow != Flow::kNext) [[unlikely]] {
       i = static_cast<uint32_t>(exit_at_ - block->insns);
       if (flow == Flow::kStop) {
@@ -1109,9 +1119,41 @@ Interpreter::Flow Interpreter::Threaded(Interpreter* self, const DecodedInsn& in
     return Flow::kDirty;
   }
   const DecodedInsn* next = &in + 1;
-  if (next == self->ctx_end_) return Flow::kNext;
+  if (next == self->ctx_end_) return self->ChainOrReturn();
   self->next_rip_ = next->NextRip(self->state_.rip);
   return self->ctx_handlers_[next - self->ctx_insns_](self, *next);
+}
+
+// At the end of a block run by threaded dispatch: follow the block's link
+// into the next block directly (the same validation as Run's), or return to
+// Run. Blocks ending in CALL or RET go back to Run, which keeps the return
+// stack; so does any block when an interrupt check is pending, the chain
+// credits are spent, or the next block would overrun the budget.
+Interpreter::Flow Interpreter::ChainOrReturn() noexcept {
+  Block* b = cur_block_;
+  if (b == nullptr || chain_credits_ == 0 || interrupt_check_ || b->exit != Block::Exit::kOther ||
+      ctx_end_ != b->insns + b->num_insns) {
+    return Flow::kNext;
+  }
+  const uint64_t rip = state_.rip;
+  const Link& link = b->links[rip == cur_start_ + b->fallthrough_offset ? 1 : 0];
+  Block* t = link.block;
+  if (link.epoch != chain_epoch_ || link.rip != rip || t->tag != link.tag ||
+      t->generation != t->page->generation || t->num_insns > chain_insns_left_) {
+    return Flow::kNext;
+  }
+  --chain_credits_;
+  chain_insns_left_ -= t->num_insns;
+  chained_retired_ += b->num_insns;
+  state_.instructions += b->num_insns;  // RDTSC stays exact to the block
+  ++local_block_hits_;
+  cur_block_ = t;
+  cur_start_ = rip;
+  ctx_insns_ = t->insns;
+  ctx_handlers_ = t->handlers;
+  ctx_end_ = t->insns + t->num_insns;
+  next_rip_ = t->insns[0].NextRip(rip);
+  return t->handlers[0](this, t->insns[0]);
 }
 
 template <int kSize, Op kOp>
@@ -1291,6 +1333,7 @@ Interpreter::Flow Interpreter::Execute(const DecodedInsn& in) noexcept {
   // One instruction alone: a one-entry context, so the threaded handler
   // returns after it. kDirty means it retired, like kNext.
   const Handler h = ResolveHandler(in);
+  cur_block_ = nullptr;  // no chaining out of a single instruction
   ctx_insns_ = &in;
   ctx_handlers_ = &h;
   ctx_end_ = &in + 1;

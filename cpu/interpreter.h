@@ -273,6 +273,7 @@ class Interpreter {
   // retired and the block must be left).
   template <Handler kInner>
   static Flow Threaded(Interpreter* self, const DecodedInsn& in) noexcept;
+  Flow ChainOrReturn() noexcept;
   template <unsigned kCond>
   [[gnu::always_inline]] static inline Flow JccThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   // A Jcc inside a superblock: when taken it leaves the block.
@@ -432,6 +433,13 @@ class Interpreter {
   const Handler* ctx_handlers_ = nullptr;
   const DecodedInsn* ctx_end_ = nullptr;  // one past the last instruction to run
   const DecodedInsn* exit_at_ = nullptr;
+  // Chaining inside threaded dispatch (ChainOrReturn).
+  static constexpr uint32_t kChainBlocks = 32;
+  Block* cur_block_ = nullptr;
+  uint64_t cur_start_ = 0;          // guest rip of cur_block_'s first instruction
+  uint32_t chain_credits_ = 0;      // blocks that may still be chained
+  uint64_t chain_insns_left_ = 0;   // budget left after the current block
+  uint64_t chained_retired_ = 0;    // instructions of blocks chained through
   StopReason stop_ = StopReason::kBudget;
   PendingException exception_;
   const char* stop_detail_ = "";
