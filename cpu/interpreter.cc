@@ -1309,8 +1309,55 @@ Interpreter::Handler Interpreter::ResolveFormHandler(const DecodedInsn& in) noex
   return kTable[op][size][static_cast<int>(form)];
 }
 
+template <int kDst, int kSrc, bool kSigned, bool kFromMem>
+Interpreter::Flow Interpreter::ExtendThunk(Interpreter* self, const DecodedInsn& in) noexcept {
+  uint64_t v;
+  if constexpr (kFromMem) {
+    if (!self->Read(self->EffectiveAddress(in), kSrc, &v)) return Flow::kStop;
+  } else {
+    v = self->state_.ReadReg(in.src.reg, kSrc);
+  }
+  if constexpr (kSigned) v = static_cast<uint64_t>(SignExtend<kSrc>(v));
+  self->state_.WriteReg(in.dst.reg, kDst, v);
+  return Flow::kNext;
+}
+
+Interpreter::Handler Interpreter::ResolveExtendHandler(const DecodedInsn& in) noexcept {
+  if (in.op != Op::kMovzx && in.op != Op::kMovsx && in.op != Op::kMovsxd) return nullptr;
+  if (in.dst.kind != OperandKind::kReg) return nullptr;
+  const bool mem = in.src.kind == OperandKind::kMem;
+  if (!mem && in.src.kind != OperandKind::kReg) return nullptr;
+  const bool sign = in.op != Op::kMovzx;
+#define EXT_ROW(kDst, kSrc)                                                      \
+  {{&Threaded<&ExtendThunk<kDst, kSrc, false, false>>,                          \
+    &Threaded<&ExtendThunk<kDst, kSrc, false, true>>},                          \
+   {&Threaded<&ExtendThunk<kDst, kSrc, true, false>>,                           \
+    &Threaded<&ExtendThunk<kDst, kSrc, true, true>>}}
+  // [dst 2/4/8][src 1/2/4][signed][from memory]
+  static constexpr Handler kTable[3][3][2][2] = {
+      {EXT_ROW(2, 1), EXT_ROW(2, 2), EXT_ROW(2, 4)},
+      {EXT_ROW(4, 1), EXT_ROW(4, 2), EXT_ROW(4, 4)},
+      {EXT_ROW(8, 1), EXT_ROW(8, 2), EXT_ROW(8, 4)}};
+#undef EXT_ROW
+  int d, sz;
+  switch (in.operand_size) {
+    case 2: d = 0; break;
+    case 4: d = 1; break;
+    case 8: d = 2; break;
+    default: return nullptr;
+  }
+  switch (in.src_size) {
+    case 1: sz = 0; break;
+    case 2: sz = 1; break;
+    case 4: sz = 2; break;
+    default: return nullptr;
+  }
+  return kTable[d][sz][sign ? 1 : 0][mem ? 1 : 0];
+}
+
 Interpreter::Handler Interpreter::ResolveHandler(const DecodedInsn& in) noexcept {
   if (Handler h = ResolveFormHandler(in); h != nullptr) return h;
+  if (Handler h = ResolveExtendHandler(in); h != nullptr) return h;
   if (in.op == Op::kJcc) {
     static constexpr Handler kJcc[16] = {
         &Threaded<&JccThunk<0>>,  &Threaded<&JccThunk<1>>,  &Threaded<&JccThunk<2>>,

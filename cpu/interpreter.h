@@ -286,6 +286,10 @@ class Interpreter {
   template <int kSize, Op kOp, Form kForm>
   [[gnu::always_inline]] static inline Flow FormThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   static Handler ResolveFormHandler(const DecodedInsn& in) noexcept;
+  // MOVZX/MOVSX/MOVSXD into a register, specialised on sizes and source.
+  template <int kDst, int kSrc, bool kSigned, bool kFromMem>
+  [[gnu::always_inline]] static inline Flow ExtendThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  static Handler ResolveExtendHandler(const DecodedInsn& in) noexcept;
   static Handler ResolveJccExit(const DecodedInsn& in) noexcept;
   template <int kSize, Op kOp>
   [[gnu::always_inline]] static inline Flow Thunk(Interpreter* self, const DecodedInsn& in) noexcept;
