@@ -1115,37 +1115,47 @@ Interpreter::Flow Interpreter::Threaded(Interpreter* self, const DecodedInsn& in
   }
   self->state_.rip = self->next_rip_;
   if (self->block_dirty_) [[unlikely]] {
+    // A taken branch out of a superblock chains on like a block end; a
+    // store into code or an exit goes back to Run.
+    if (self->branch_exit_ && !self->stop_after_) return self->ChainOrReturn(&in, Flow::kDirty);
     self->exit_at_ = &in;
     return Flow::kDirty;
   }
   const DecodedInsn* next = &in + 1;
-  if (next == self->ctx_end_) return self->ChainOrReturn();
+  if (next == self->ctx_end_) return self->ChainOrReturn(&in, Flow::kNext);
   self->next_rip_ = next->NextRip(self->state_.rip);
   return self->ctx_handlers_[next - self->ctx_insns_](self, *next);
 }
 
-// At the end of a block run by threaded dispatch: follow the block's link
-// into the next block directly (the same validation as Run's), or return to
-// Run. Blocks ending in CALL or RET go back to Run, which keeps the return
-// stack; so does any block when an interrupt check is pending, the chain
-// credits are spent, or the next block would overrun the budget.
-Interpreter::Flow Interpreter::ChainOrReturn() noexcept {
+// Where a block run by threaded dispatch ends (`last` retired; `leave` is
+// kNext at the block's end, kDirty for a taken branch out of a superblock):
+// follow the block's link into the next block directly (the same validation
+// as Run's), or return `leave` to Run. Blocks ending in CALL or RET go back to
+// Run, which keeps the return stack; so does any block when an interrupt
+// check is pending, the chain credits are spent, or the next block would
+// overrun the budget.
+Interpreter::Flow Interpreter::ChainOrReturn(const DecodedInsn* last, Flow leave) noexcept {
+  exit_at_ = last;
   Block* b = cur_block_;
-  if (b == nullptr || chain_credits_ == 0 || interrupt_check_ || b->exit != Block::Exit::kOther ||
-      ctx_end_ != b->insns + b->num_insns) {
-    return Flow::kNext;
+  if (b == nullptr || chain_credits_ == 0 || interrupt_check_) return leave;
+  if (leave == Flow::kNext &&
+      (b->exit != Block::Exit::kOther || ctx_end_ != b->insns + b->num_insns)) {
+    return leave;
   }
   const uint64_t rip = state_.rip;
   const Link& link = b->links[rip == cur_start_ + b->fallthrough_offset ? 1 : 0];
   Block* t = link.block;
   if (link.epoch != chain_epoch_ || link.rip != rip || t->tag != link.tag ||
       t->generation != t->page->generation || t->num_insns > chain_insns_left_) {
-    return Flow::kNext;
+    return leave;
   }
+  const uint32_t ran = static_cast<uint32_t>(last - b->insns) + 1;
   --chain_credits_;
   chain_insns_left_ -= t->num_insns;
-  chained_retired_ += b->num_insns;
-  state_.instructions += b->num_insns;  // RDTSC stays exact to the block
+  chained_retired_ += ran;
+  state_.instructions += ran;  // RDTSC stays exact to the block
+  block_dirty_ = false;
+  branch_exit_ = false;
   ++local_block_hits_;
   cur_block_ = t;
   cur_start_ = rip;

@@ -273,7 +273,7 @@ class Interpreter {
   // retired and the block must be left).
   template <Handler kInner>
   static Flow Threaded(Interpreter* self, const DecodedInsn& in) noexcept;
-  Flow ChainOrReturn() noexcept;
+  Flow ChainOrReturn(const DecodedInsn* last, Flow leave) noexcept;
   template <unsigned kCond>
   [[gnu::always_inline]] static inline Flow JccThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   // A Jcc inside a superblock: when taken it leaves the block.
