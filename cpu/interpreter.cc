@@ -42,6 +42,7 @@ Interpreter::Interpreter(CpuState* state, mmu::VcpuMmu* vcpu, mmu::PagingStrateg
                          CpuPlatform* platform)
     : state_(*state),
       vcpu_(*vcpu),
+      tlb_(vcpu->tlb),
       strategy_(*strategy),
       platform_(platform),
       blocks_(new Block[kNumBlocks]),

@@ -332,7 +332,7 @@ class Interpreter {
   [[gnu::always_inline]] inline uint64_t EffectiveAddress(const DecodedInsn& in) const noexcept;
   [[gnu::always_inline]] inline uint64_t LeaAddress(const DecodedInsn& in) const noexcept;
   [[gnu::always_inline]] bool Read(uint64_t gva, unsigned size, uint64_t* value) noexcept {
-    const uint8_t* p = vcpu_.tlb->Lookup<mmu::Access::kRead>(MmuIndex(), gva, size);
+    const uint8_t* p = tlb_->Lookup<mmu::Access::kRead>(MmuIndex(), gva, size);
     if (p != nullptr) [[likely]] {
       *value = LoadHost(p, size);
       return true;
@@ -340,7 +340,7 @@ class Interpreter {
     return ReadSlow(gva, size, value);
   }
   [[gnu::always_inline]] bool Write(uint64_t gva, unsigned size, uint64_t value) noexcept {
-    uint8_t* p = vcpu_.tlb->Lookup<mmu::Access::kWrite>(MmuIndex(), gva, size);
+    uint8_t* p = tlb_->Lookup<mmu::Access::kWrite>(MmuIndex(), gva, size);
     if (p != nullptr) [[likely]] {
       StoreHost(p, size, value);
       return true;
@@ -420,6 +420,7 @@ class Interpreter {
 
   CpuState& state_;
   mmu::VcpuMmu& vcpu_;
+  mmu::SoftTlb* const tlb_;  // vcpu_.tlb, one load closer to the hit path
   mmu::PagingStrategy& strategy_;
   CpuPlatform* platform_;
 
