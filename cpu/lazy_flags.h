@@ -253,7 +253,7 @@ inline uint64_t GetCarry(const LazyFlags& f) noexcept { return lazy_internal::Ca
 // Replaces the flags in `mask` with those in `bits` and keeps the rest: the
 // path of instructions that write only some flags (BT*, BSF/BSR, rotates,
 // SHLD/SHRD, CLC/STC/CMC). Materialises once.
-inline void UpdateFlags(LazyFlags* f, uint64_t mask, uint64_t bits) noexcept {
+[[gnu::always_inline]] inline void UpdateFlags(LazyFlags* f, uint64_t mask, uint64_t bits) noexcept {
   const uint64_t merged = (MaterializeArith(*f) & ~mask) | (bits & mask);
   LoadFromRflags(f, merged);
 }
