@@ -443,8 +443,9 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
         link = &prev->links[state_.rip == prev_start + prev->fallthrough_offset ? 1 : 0];
       }
       Block* b = link->block;
-      if (link->epoch == chain_epoch_ && link->rip == state_.rip && b->tag == link->tag &&
-          b->generation == b->page->generation) [[likely]] {
+      // No code-generation check: every generation bump (SMC, decode-cache
+      // flush) also moves chain_epoch_.
+      if (link->epoch == chain_epoch_ && link->rip == state_.rip && b->tag == link->tag) [[likely]] {
         block = b;
         ++local_block_hits_;
       }
@@ -1147,7 +1148,7 @@ Interpreter::Flow Interpreter::ChainOrReturn(const DecodedInsn* last, Flow leave
   const Link& link = b->links[rip == cur_start_ + b->fallthrough_offset ? 1 : 0];
   Block* t = link.block;
   if (link.epoch != chain_epoch_ || link.rip != rip || t->tag != link.tag ||
-      t->generation != t->page->generation || t->num_insns > chain_insns_left_) {
+      t->num_insns > chain_insns_left_) {
     return leave;
   }
   const uint32_t ran = static_cast<uint32_t>(last - b->insns) + 1;

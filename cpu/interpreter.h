@@ -231,8 +231,9 @@ class Interpreter {
   // A direct link from a block to the block that ran after it, so the next
   // block start skips the fetch TLB lookup and the block-cache probe (block
   // chaining). A link is a cached "rip -> decoded block" answer: it is used
-  // only for the same rip, while the target slot holds the same block (tag)
-  // of the current code generation, and while chain_epoch_ has not moved.
+  // only for the same rip, while the target slot holds the same block (tag),
+  // and while chain_epoch_ has not moved (every code-generation bump moves
+  // it too, so a link never leads to stale code).
   // The epoch moves on whatever may change the rip -> host translation or
   // the CPL: system instructions (MOV CR3, INVLPG, SYSCALL, IRET, ...), event
   // delivery, host invalidations of guest frames, paging-mode changes. TLB
@@ -439,7 +440,13 @@ class Interpreter {
   const DecodedInsn* ctx_end_ = nullptr;  // one past the last instruction to run
   const DecodedInsn* exit_at_ = nullptr;
   // Chaining inside threaded dispatch (ChainOrReturn).
+  // Without optimisation the compiler does not turn the handlers' tail calls
+  // into jumps, so each chained instruction is a stack frame: chain little.
+#ifdef __OPTIMIZE__
   static constexpr uint32_t kChainBlocks = 32;
+#else
+  static constexpr uint32_t kChainBlocks = 2;
+#endif
   Block* cur_block_ = nullptr;
   uint64_t cur_start_ = 0;          // guest rip of cur_block_'s first instruction
   uint32_t chain_credits_ = 0;      // blocks that may still be chained
