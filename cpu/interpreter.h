@@ -17,6 +17,10 @@
 //     code page has a PageInfo (a node of a hash map that grows only when a
 //     new code page is first decoded) whose generation a block records;
 //     bumping it invalidates every block of the page in O(1).
+//   - Threaded dispatch: each handler tail-jumps to the next instruction's
+//     handler, and at a block's end into the linked next block (see
+//     Threaded, ChainOrReturn); Run's loop is entered again only every few
+//     blocks, on a miss, or when something needs its attention.
 //   - Block chaining: a block that ran to its end remembers the block that
 //     followed (two links: fall-through and other), so the next block start
 //     skips the fetch lookup and the cache probe. Anything that may change a
@@ -259,7 +263,7 @@ class Interpreter {
     // RET pops it.
     enum class Exit : uint8_t { kOther, kCall, kRet } exit = Exit::kOther;
     DecodedInsn insns[kMaxBlockInsns];
-    Handler handlers[kMaxBlockInsns];  // resolved at decode: one indirect call per insn
+    Handler handlers[kMaxBlockInsns];  // resolved at decode; threaded (see Threaded)
   };
 
   Flow Execute(const DecodedInsn& in) noexcept;
