@@ -1132,24 +1132,39 @@ Interpreter::Flow Interpreter::Threaded(Interpreter* self, const DecodedInsn& in
 // Where a block run by threaded dispatch ends (`last` retired; `leave` is
 // kNext at the block's end, kDirty for a taken branch out of a superblock):
 // follow the block's link into the next block directly (the same validation
-// as Run's), or return `leave` to Run. Blocks ending in CALL or RET go back to
-// Run, which keeps the return stack; so does any block when an interrupt
-// check is pending, the chain credits are spent, or the next block would
-// overrun the budget.
+// and return-stack use as Run's), or return `leave` to Run: when an interrupt
+// check is pending, the chain credits are spent, the link is not valid, or
+// the next block would overrun the budget.
 Interpreter::Flow Interpreter::ChainOrReturn(const DecodedInsn* last, Flow leave) noexcept {
   exit_at_ = last;
   Block* b = cur_block_;
   if (b == nullptr || chain_credits_ == 0 || interrupt_check_) return leave;
-  if (leave == Flow::kNext &&
-      (b->exit != Block::Exit::kOther || ctx_end_ != b->insns + b->num_insns)) {
-    return leave;
+  // How the block was left: a taken branch out of a superblock is a plain
+  // jump; otherwise by its last instruction, unless the budget cut it short.
+  Block::Exit exit = Block::Exit::kOther;
+  if (leave == Flow::kNext) {
+    if (ctx_end_ != b->insns + b->num_insns) return leave;
+    exit = b->exit;
   }
   const uint64_t rip = state_.rip;
-  const Link& link = b->links[rip == cur_start_ + b->fallthrough_offset ? 1 : 0];
-  Block* t = link.block;
-  if (link.epoch != chain_epoch_ || link.rip != rip || t->tag != link.tag ||
+  const Link* link;
+  if (exit == Block::Exit::kRet) {
+    // Back to the caller: its fall-through link leads to the return point.
+    const ReturnEntry& r = return_stack_[(return_top_ - 1) % kReturnStack];
+    if (r.rip != rip || r.caller == nullptr) return leave;  // Run pops it
+    link = &r.caller->links[1];
+  } else {
+    link = &b->links[rip == cur_start_ + b->fallthrough_offset ? 1 : 0];
+  }
+  Block* t = link->block;
+  if (link->epoch != chain_epoch_ || link->rip != rip || t->tag != link->tag ||
       t->num_insns > chain_insns_left_) {
     return leave;
+  }
+  if (exit == Block::Exit::kCall) {
+    return_stack_[return_top_++ % kReturnStack] = {cur_start_ + b->fallthrough_offset, b};
+  } else if (exit == Block::Exit::kRet) {
+    --return_top_;
   }
   const uint32_t ran = static_cast<uint32_t>(last - b->insns) + 1;
   --chain_credits_;
