@@ -305,7 +305,7 @@ Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
            : last == Op::kRet                                ? Block::Exit::kRet
                                                              : Block::Exit::kOther;
   for (uint32_t i = 0; i < d.num_insns; ++i) {
-    b.handlers[i] = ResolveHandler(b.insns[i]);
+    b.handlers[i] = ResolveHandler(b.insns[i], specialised_handlers_);
     if (b.insns[i].op == Op::kJcc && i + 1 < d.num_insns) b.handlers[i] = ResolveJccExit(b.insns[i]);
     b.fallthrough_offset += b.insns[i].length;
   }
@@ -1250,7 +1250,14 @@ Interpreter::Flow Interpreter::FormThunk(Interpreter* self, const DecodedInsn& i
       else if constexpr (kOp == Op::kAnd) r = And<kSize>(&nf, a, b);
       else if constexpr (kOp == Op::kOr) r = Or<kSize>(&nf, a, b);
       else if constexpr (kOp == Op::kXor) r = Xor<kSize>(&nf, a, b);
-      else r = ImulTruncated<kSize>(&nf, a, b);
+      else if constexpr (kOp == Op::kImul2) r = ImulTruncated<kSize>(&nf, a, b);
+      // Shifts and rotates: b is the count (CL read at the operand size or
+      // imm8; only its low bits count, which the ALU masks).
+      else if constexpr (kOp == Op::kShl) r = Shl<kSize>(&nf, a, b);
+      else if constexpr (kOp == Op::kShr) r = Shr<kSize>(&nf, a, b);
+      else if constexpr (kOp == Op::kSar) r = Sar<kSize>(&nf, a, b);
+      else if constexpr (kOp == Op::kRol) r = Rol<kSize>(&nf, a, b);
+      else r = Ror<kSize>(&nf, a, b);
       if constexpr (kMemDst) {
         if (!self->Write(addr, kSize, r)) return Flow::kStop;
       } else {
@@ -1301,10 +1308,11 @@ Interpreter::Handler Interpreter::ResolveFormHandler(const DecodedInsn& in) noex
    &Threaded<&FormThunk<kSize, kOp, Form::kRegMem>>, &Threaded<&FormThunk<kSize, kOp, Form::kMemReg>>, \
    &Threaded<&FormThunk<kSize, kOp, Form::kMemImm>>}
 #define FORM_OP(kOp) {FORM_ROW(1, kOp), FORM_ROW(2, kOp), FORM_ROW(4, kOp), FORM_ROW(8, kOp)}
-  static constexpr Handler kTable[9][4][5] = {
-      FORM_OP(Op::kMov), FORM_OP(Op::kAdd), FORM_OP(Op::kSub),  FORM_OP(Op::kAnd),
-      FORM_OP(Op::kOr),  FORM_OP(Op::kXor), FORM_OP(Op::kCmp),  FORM_OP(Op::kTest),
-      FORM_OP(Op::kImul2)};
+  static constexpr Handler kTable[14][4][5] = {
+      FORM_OP(Op::kMov),   FORM_OP(Op::kAdd), FORM_OP(Op::kSub), FORM_OP(Op::kAnd),
+      FORM_OP(Op::kOr),    FORM_OP(Op::kXor), FORM_OP(Op::kCmp), FORM_OP(Op::kTest),
+      FORM_OP(Op::kImul2), FORM_OP(Op::kShl), FORM_OP(Op::kShr), FORM_OP(Op::kSar),
+      FORM_OP(Op::kRol),   FORM_OP(Op::kRor)};
 #undef FORM_OP
 #undef FORM_ROW
   int op;
@@ -1323,6 +1331,11 @@ Interpreter::Handler Interpreter::ResolveFormHandler(const DecodedInsn& in) noex
       if (form != Form::kRegReg && form != Form::kRegMem) return nullptr;
       op = 8;
       break;
+    case Op::kShl: op = 9; break;
+    case Op::kShr: op = 10; break;
+    case Op::kSar: op = 11; break;
+    case Op::kRol: op = 12; break;
+    case Op::kRor: op = 13; break;
     default: return nullptr;
   }
   int size;
@@ -1382,9 +1395,11 @@ Interpreter::Handler Interpreter::ResolveExtendHandler(const DecodedInsn& in) no
   return kTable[d][sz][sign ? 1 : 0][mem ? 1 : 0];
 }
 
-Interpreter::Handler Interpreter::ResolveHandler(const DecodedInsn& in) noexcept {
-  if (Handler h = ResolveFormHandler(in); h != nullptr) return h;
-  if (Handler h = ResolveExtendHandler(in); h != nullptr) return h;
+Interpreter::Handler Interpreter::ResolveHandler(const DecodedInsn& in, bool specialised) noexcept {
+  if (specialised) {
+    if (Handler h = ResolveFormHandler(in); h != nullptr) return h;
+    if (Handler h = ResolveExtendHandler(in); h != nullptr) return h;
+  }
   if (in.op == Op::kJcc) {
     static constexpr Handler kJcc[16] = {
         &Threaded<&JccThunk<0>>,  &Threaded<&JccThunk<1>>,  &Threaded<&JccThunk<2>>,
@@ -1406,7 +1421,7 @@ Interpreter::Handler Interpreter::ResolveHandler(const DecodedInsn& in) noexcept
 Interpreter::Flow Interpreter::Execute(const DecodedInsn& in) noexcept {
   // One instruction alone: a one-entry context, so the threaded handler
   // returns after it. kDirty means it retired, like kNext.
-  const Handler h = ResolveHandler(in);
+  const Handler h = ResolveHandler(in, specialised_handlers_);
   cur_block_ = nullptr;  // no chaining out of a single instruction
   ctx_insns_ = &in;
   ctx_handlers_ = &h;

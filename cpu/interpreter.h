@@ -201,6 +201,9 @@ class Interpreter {
   // stop Run() with kException and the faulting state (false; the default,
   // for instruction-level tests).
   void set_deliver_events(bool deliver) noexcept { deliver_events_ = deliver; }
+  // Tests: decode with only the general per-(size, op) handlers, so the
+  // specialised ones can be checked against them. Before the first Run.
+  void set_specialised_handlers_for_testing(bool on) noexcept { specialised_handlers_ = on; }
   // Something may have become deliverable (the platform's interrupt
   // controller changed): the CPU asks PendingInterrupt() at the next
   // instruction boundary where RFLAGS.IF = 1. Cheap; call freely.
@@ -269,7 +272,9 @@ class Interpreter {
   Flow Execute(const DecodedInsn& in) noexcept;
   template <int kSize, Op kOp>
   [[gnu::always_inline]] inline Flow ExecuteOp(const DecodedInsn& in) noexcept;
-  static Handler ResolveHandler(const DecodedInsn& in) noexcept;
+  // `specialised`: the per-form/per-size handlers where one exists (the
+  // default); false gives the general per-(size, op) handler everywhere.
+  static Handler ResolveHandler(const DecodedInsn& in, bool specialised) noexcept;
   // Threaded dispatch: every handler a block holds is Threaded<inner>, which
   // runs the instruction, retires it and jumps straight to the next one's
   // handler (a tail call: one predicted indirect jump per instruction, no
@@ -462,6 +467,7 @@ class Interpreter {
 
   // Events.
   bool deliver_events_ = false;
+  bool specialised_handlers_ = true;
   bool interrupt_check_ = false;
   bool delivered_ = false;       // an event redirected rip during this instruction
   bool delivered_trap_ = false;  // ... and the instruction retired (INT n, INT3, SYSCALL-like)
