@@ -1242,28 +1242,35 @@ Interpreter::Flow Interpreter::FormThunk(Interpreter* self, const DecodedInsn& i
       Test<kSize>(&st.flags, a, b);
       return Flow::kNext;
     } else {
-      // A memory destination commits the flags only once the store succeeded.
-      LazyFlags nf = st.flags;
+      // A memory destination commits the flags only once the store
+      // succeeded; a register destination cannot fault, so it updates them
+      // in place.
+      LazyFlags nf;
+      LazyFlags* fl = &st.flags;
+      if constexpr (kMemDst) {
+        nf = st.flags;
+        fl = &nf;
+      }
       uint64_t r;
-      if constexpr (kOp == Op::kAdd) r = Add<kSize>(&nf, a, b);
-      else if constexpr (kOp == Op::kSub) r = Sub<kSize>(&nf, a, b);
-      else if constexpr (kOp == Op::kAnd) r = And<kSize>(&nf, a, b);
-      else if constexpr (kOp == Op::kOr) r = Or<kSize>(&nf, a, b);
-      else if constexpr (kOp == Op::kXor) r = Xor<kSize>(&nf, a, b);
-      else if constexpr (kOp == Op::kImul2) r = ImulTruncated<kSize>(&nf, a, b);
+      if constexpr (kOp == Op::kAdd) r = Add<kSize>(fl, a, b);
+      else if constexpr (kOp == Op::kSub) r = Sub<kSize>(fl, a, b);
+      else if constexpr (kOp == Op::kAnd) r = And<kSize>(fl, a, b);
+      else if constexpr (kOp == Op::kOr) r = Or<kSize>(fl, a, b);
+      else if constexpr (kOp == Op::kXor) r = Xor<kSize>(fl, a, b);
+      else if constexpr (kOp == Op::kImul2) r = ImulTruncated<kSize>(fl, a, b);
       // Shifts and rotates: b is the count (CL read at the operand size or
       // imm8; only its low bits count, which the ALU masks).
-      else if constexpr (kOp == Op::kShl) r = Shl<kSize>(&nf, a, b);
-      else if constexpr (kOp == Op::kShr) r = Shr<kSize>(&nf, a, b);
-      else if constexpr (kOp == Op::kSar) r = Sar<kSize>(&nf, a, b);
-      else if constexpr (kOp == Op::kRol) r = Rol<kSize>(&nf, a, b);
-      else r = Ror<kSize>(&nf, a, b);
+      else if constexpr (kOp == Op::kShl) r = Shl<kSize>(fl, a, b);
+      else if constexpr (kOp == Op::kShr) r = Shr<kSize>(fl, a, b);
+      else if constexpr (kOp == Op::kSar) r = Sar<kSize>(fl, a, b);
+      else if constexpr (kOp == Op::kRol) r = Rol<kSize>(fl, a, b);
+      else r = Ror<kSize>(fl, a, b);
       if constexpr (kMemDst) {
         if (!self->Write(addr, kSize, r)) return Flow::kStop;
+        st.flags = nf;
       } else {
         st.WriteReg(in.dst.reg, kSize, r);
       }
-      st.flags = nf;
       return Flow::kNext;
     }
   }
