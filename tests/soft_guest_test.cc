@@ -27,6 +27,7 @@
 #include "tests/support/run_command.h"
 #include "nlohmann/json.hpp"
 #include "tests/fakes/tiny_elf.h"
+#include "tests/support/guest_results.h"
 #include "tests/support/small_workload_args.h"
 #include "vmm-host/vmm_runner.h"
 
@@ -47,20 +48,6 @@ bool KvmUsable(std::string* why) {
   return true;
 }
 
-// Results that measure time rather than the workload's data: on QEMU and KVM
-// they follow the host clock. (On soft they are deterministic too; the
-// determinism test compares them.)
-bool IsTimingResult(const std::string& name) {
-  return name.ends_with("elapsed_ns") || name.ends_with("wakeups") || name.starts_with("idle.ops");
-}
-
-std::map<std::string, uint64_t> DataResults(const MachineResult& r) {
-  std::map<std::string, uint64_t> out;
-  for (const GuestResult& g : r.results) {
-    if (!IsTimingResult(g.name)) out[g.name] = g.value;
-  }
-  return out;
-}
 
 Json ReadJson(const std::string& path) {
   std::ifstream in(path);
@@ -118,7 +105,7 @@ TEST_P(SoftWorkloadTest, SucceedsAndMatchesQemuAndKvm) {
   ASSERT_TRUE(r.ok()) << MachineOutcomeName(r.outcome) << ": " << r.failure << "\n"
                       << r.registers << "\n" << r.console_tail;
   EXPECT_EQ(r.backend, "soft");
-  const std::map<std::string, uint64_t> soft = DataResults(r);
+  const std::map<std::string, uint64_t> soft = vmm::testing::DataResults(r);
   ASSERT_EQ(soft.count(workload + ".checksum_ok"), 1u) << r.console_tail;
   EXPECT_EQ(soft.at(workload + ".checksum_ok"), 1u);
   EXPECT_GT(r.exits.Get(ExitCounters::kIo), 0u);
@@ -146,7 +133,7 @@ TEST_P(SoftWorkloadTest, SucceedsAndMatchesQemuAndKvm) {
     for (const auto& [name, values] : qemu.Results()) {
       for (const auto& [key, value] : values) {
         const std::string full = absl::StrCat(name, ".", key);
-        if (!IsTimingResult(full)) tcg[full] = value;
+        if (!vmm::testing::IsTimingResult(full)) tcg[full] = value;
       }
     }
     EXPECT_EQ(soft, tcg) << "the same image and command line must compute the same data on "
@@ -162,7 +149,7 @@ TEST_P(SoftWorkloadTest, SucceedsAndMatchesQemuAndKvm) {
     ASSERT_TRUE(kvm_run.ok()) << kvm_run.status();
     const MachineResult& k = kvm_run->vms[0];
     ASSERT_TRUE(k.ok()) << MachineOutcomeName(k.outcome) << ": " << k.failure;
-    EXPECT_EQ(soft, DataResults(k)) << "soft and kvm must compute the same data";
+    EXPECT_EQ(soft, vmm::testing::DataResults(k)) << "soft and kvm must compute the same data";
   }
   if (!missing.empty()) GTEST_SKIP() << "the soft run passed; not compared: " << missing;
 }
@@ -218,7 +205,7 @@ TEST_F(SoftGuestTest, TrapSyscallEntryComputesTheSameData) {
   const MachineResult& trap = run->vms[1];
   ASSERT_TRUE(syscall.ok()) << syscall.failure;
   ASSERT_TRUE(trap.ok()) << trap.failure << "\n" << trap.console_tail;
-  EXPECT_EQ(DataResults(syscall), DataResults(trap));
+  EXPECT_EQ(vmm::testing::DataResults(syscall), vmm::testing::DataResults(trap));
   std::ifstream log(dir_ / "run-logs" / "vm1.serial.log");
   const std::string serial((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
   EXPECT_NE(serial.find("entry int3 trap"), std::string::npos) << serial.substr(0, 2000);

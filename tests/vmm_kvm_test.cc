@@ -17,6 +17,7 @@
 #include "guest/qemu_runner.h"
 #include "gtest/gtest.h"
 #include "tests/fakes/tiny_elf.h"
+#include "tests/support/guest_results.h"
 #include "tests/support/small_workload_args.h"
 #include "vmm-host/vmm_runner.h"
 
@@ -68,18 +69,6 @@ class VmmKvmTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
-// Results that depend on time, not on the workload's data.
-bool IsTimingResult(const std::string& name) {
-  return name.ends_with("elapsed_ns") || name.ends_with("wakeups") || name.starts_with("idle.ops");
-}
-
-std::map<std::string, uint64_t> DataResults(const MachineResult& r) {
-  std::map<std::string, uint64_t> out;
-  for (const GuestResult& g : r.results) {
-    if (!IsTimingResult(g.name)) out[g.name] = g.value;
-  }
-  return out;
-}
 
 class WorkloadKvmTest : public VmmKvmTest, public ::testing::WithParamInterface<std::string> {};
 
@@ -91,7 +80,7 @@ TEST_P(WorkloadKvmTest, RunsAndMatchesQemu) {
   ASSERT_EQ(run->vms.size(), 1u);
   const MachineResult& r = run->vms[0];
   ASSERT_TRUE(r.ok()) << MachineOutcomeName(r.outcome) << ": " << r.failure << "\n" << r.console_tail;
-  const std::map<std::string, uint64_t> kvm = DataResults(r);
+  const std::map<std::string, uint64_t> kvm = vmm::testing::DataResults(r);
   ASSERT_EQ(kvm.count(workload + ".checksum_ok"), 1u);
   EXPECT_EQ(kvm.at(workload + ".checksum_ok"), 1u);
   EXPECT_GT(r.exits.Get(ExitCounters::kIo), 0u);
@@ -109,7 +98,7 @@ TEST_P(WorkloadKvmTest, RunsAndMatchesQemu) {
   for (const auto& [name, values] : qemu.Results()) {
     for (const auto& [key, value] : values) {
       const std::string full = absl::StrCat(name, ".", key);
-      if (!IsTimingResult(full)) tcg[full] = value;
+      if (!vmm::testing::IsTimingResult(full)) tcg[full] = value;
     }
   }
   EXPECT_EQ(kvm, tcg) << "the same workload must compute the same data on KVM and under QEMU";
@@ -127,7 +116,7 @@ TEST_F(VmmKvmTest, EightVmsRunAtOnce) {
   ASSERT_EQ(run->vms.size(), 8u);
   for (const MachineResult& r : run->vms) {
     EXPECT_TRUE(r.ok()) << r.name << ": " << r.failure;
-    EXPECT_EQ(DataResults(r), DataResults(run->vms[0])) << r.name;
+    EXPECT_EQ(vmm::testing::DataResults(r), vmm::testing::DataResults(run->vms[0])) << r.name;
     EXPECT_TRUE(std::filesystem::exists(dir_ / "logs" / (r.name + ".serial.log")));
   }
   EXPECT_EQ(run->exit_status(), 0);
