@@ -445,7 +445,8 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
       Block* b = link->block;
       // No code-generation check: every generation bump (SMC, decode-cache
       // flush) also moves chain_epoch_.
-      if (link->epoch == chain_epoch_ && link->rip == state_.rip && b->tag == link->tag) [[likely]] {
+      if (link->epoch == chain_epoch_ && link->rip == state_.rip && b->tag == link->tag &&
+          link->cpl == state_.cpl) [[likely]] {
         block = b;
         ++local_block_hits_;
       }
@@ -464,7 +465,7 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
         if (!StepSingle(&retired)) break;
         continue;
       }
-      if (link != nullptr) *link = {block, state_.rip, block->tag, chain_epoch_};
+      if (link != nullptr) *link = {block, state_.rip, block->tag, chain_epoch_, state_.cpl};
     }
     const uint64_t budget = max_instructions - retired;
     const uint32_t n = block->num_insns < budget ? block->num_insns : static_cast<uint32_t>(budget);
@@ -1158,7 +1159,7 @@ Interpreter::Flow Interpreter::ChainOrReturn(const DecodedInsn* last, Flow leave
   }
   Block* t = link->block;
   if (link->epoch != chain_epoch_ || link->rip != rip || t->tag != link->tag ||
-      t->num_insns > chain_insns_left_) {
+      link->cpl != state_.cpl || t->num_insns > chain_insns_left_) {
     return leave;
   }
   if (exit == Block::Exit::kCall) {

@@ -238,19 +238,22 @@ class Interpreter {
   // A direct link from a block to the block that ran after it, so the next
   // block start skips the fetch TLB lookup and the block-cache probe (block
   // chaining). A link is a cached "rip -> decoded block" answer: it is used
-  // only for the same rip, while the target slot holds the same block (tag),
-  // and while chain_epoch_ has not moved (every code-generation bump moves
-  // it too, so a link never leads to stale code).
-  // The epoch moves on whatever may change the rip -> host translation or
-  // the CPL: system instructions (MOV CR3, INVLPG, SYSCALL, IRET, ...), event
-  // delivery, host invalidations of guest frames, paging-mode changes. TLB
-  // fills and evictions do not: a dropped entry is still the translation
-  // in force, and a guest that edits a code mapping must INVLPG it.
+  // only for the same rip at the same CPL, while the target slot holds the
+  // same block (tag), and while chain_epoch_ has not moved (every
+  // code-generation bump moves it too, so a link never leads to stale code).
+  // The epoch moves on whatever may change the rip -> host translation:
+  // MOV CR3, INVLPG, paging-mode changes (CR0, CR4, EFER), host
+  // invalidations of guest frames, and every Run() entry. CPL changes
+  // (SYSCALL, IRET, event delivery) need not: a link only serves its own
+  // CPL. TLB fills and evictions need not either: a dropped entry is still
+  // the translation in force, and a guest that edits a code mapping must
+  // INVLPG it.
   struct Link {
     Block* block = nullptr;
     uint64_t rip = 0;    // guest rip the link leads to
     uintptr_t tag = 0;   // block->tag when linked
     uint64_t epoch = 0;  // chain_epoch_ when linked (0: never)
+    uint8_t cpl = 0;     // the CPL it was made at: fetch rights depend on it
   };
   struct Block {
     uintptr_t tag = 0;  // host address of the first instruction; 0 = empty

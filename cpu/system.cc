@@ -122,7 +122,6 @@ Interpreter::Flow Interpreter::RaiseException(uint8_t vector, bool has_error_cod
 
 void Interpreter::DeliverEvent(uint8_t vector, EventKind kind, bool has_error_code,
                                uint32_t error_code) noexcept {
-  BreakChains();  // CPL and stacks change
   for (;;) {
     if (TryDeliver(vector, kind, has_error_code, error_code)) {
       delivered_ = true;
@@ -500,6 +499,7 @@ bool Interpreter::WriteCr(uint8_t cr, uint64_t value) noexcept {
       const int maxphyaddr = vcpu_.mode.maxphyaddr;
       if (value >> maxphyaddr) return gp();  // reserved bits (§4.5)
       counters_.Inc(InterpreterCounters::kCr3Writes);
+      BreakChains();  // a new address space
       const uint64_t old = vcpu_.cr3;
       state_.cr3 = value;
       vcpu_.cr3 = value;
@@ -731,9 +731,9 @@ Interpreter::Flow Interpreter::StringIo(const DecodedInsn& in) noexcept {
 // The system instructions (kSize-independent, so not in the per-size table).
 
 Interpreter::Flow Interpreter::ExecuteSystem(const DecodedInsn& in) noexcept {
-  // Any of these may change CPL, translations or the TLB: no block links
-  // survive them.
-  BreakChains();
+  // Block links survive CPL changes (they carry the CPL they were made at);
+  // what changes translations (MOV CR3, INVLPG, paging-mode writes) breaks
+  // them where it happens.
   auto gp0 = [&] { return RaiseException(kVectorGp, true, 0); };
   const bool cpl0 = state_.cpl == 0;
   uint64_t v = 0;
@@ -863,6 +863,7 @@ Interpreter::Flow Interpreter::ExecuteSystem(const DecodedInsn& in) noexcept {
     case Op::kInvlpg:
       if (!cpl0) return gp0();
       counters_.Inc(InterpreterCounters::kInvlpgs);
+      BreakChains();  // a link may lead into the page
       strategy_.OnInvlpg(vcpu_, EffectiveAddress(in));
       return Flow::kNext;
     case Op::kLgdt:
