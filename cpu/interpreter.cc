@@ -341,15 +341,18 @@ bool Interpreter::FetchAndDecodeCrossPage(DecodedInsn* out) noexcept {
 // ---------------------------------------------------------------------------
 // The loop.
 
-bool Interpreter::StepSingle(uint64_t* retired) noexcept {
-  uint8_t* host = vcpu_.tlb->Lookup<Access::kFetch>(MmuIndex(), state_.rip, 1);
-  if (host == nullptr && (host = TranslateFetch(state_.rip)) == nullptr) {
-    if (!delivered_) return false;
-    delivered_ = false;
-    return true;
+bool Interpreter::StepSingle(uint64_t* retired, bool crosses_page) noexcept {
+  const Block* block = nullptr;
+  if (!crosses_page) {
+    uint8_t* host = tlb_->Lookup<Access::kFetch>(MmuIndex(), state_.rip, 1);
+    if (host == nullptr && (host = TranslateFetch(state_.rip)) == nullptr) {
+      if (!delivered_) return false;
+      delivered_ = false;
+      return true;
+    }
+    block = LookupBlock(host, state_.rip);
   }
   DecodedInsn single;
-  const Block* block = LookupBlock(host, state_.rip);
   if (block != nullptr) {
     single = block->insns[0];
   } else if (!FetchAndDecodeCrossPage(&single)) {
@@ -435,19 +438,10 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     Block* block = nullptr;
     Link* link = nullptr;
     if (prev != nullptr) {
-      if (prev_exit == Block::Exit::kRet) [[unlikely]] {
-        // Back to the caller: its fall-through link leads to the return point.
-        const ReturnEntry& r = return_stack_[--return_top_ % kReturnStack];
-        link = r.rip == state_.rip && r.caller != nullptr ? &r.caller->links[1] : &prev->links[0];
-      } else {
-        link = &prev->links[state_.rip == prev_start + prev->fallthrough_offset ? 1 : 0];
-      }
-      Block* b = link->block;
-      // No code-generation check: every generation bump (SMC, decode-cache
-      // flush) also moves chain_epoch_.
-      if (link->epoch == chain_epoch_ && link->rip == state_.rip && b->tag == link->tag &&
-          link->cpl == state_.cpl) [[likely]] {
-        block = b;
+      link = LinkSlot(prev, prev_start, prev_exit, state_.rip);
+      if (prev_exit == Block::Exit::kRet) --return_top_;
+      if (LinkUsable(*link, state_.rip)) [[likely]] {
+        block = link->block;
         ++local_block_hits_;
       }
     }
@@ -461,8 +455,9 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
       }
       block = LookupBlock(host, state_.rip);
       if (block == nullptr) [[unlikely]] {
+        // The first instruction straddles the page end: run it alone.
         prev = nullptr;
-        if (!StepSingle(&retired)) break;
+        if (!StepSingle(&retired, /*crosses_page=*/true)) break;
         continue;
       }
       if (link != nullptr) *link = {block, state_.rip, block->tag, chain_epoch_, state_.cpl};
@@ -512,9 +507,7 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
       prev = block;
       prev_start = start_rip;
       prev_exit = branch_exit ? Block::Exit::kOther : block->exit;
-      if (prev_exit == Block::Exit::kCall) {
-        return_stack_[return_top_++ % kReturnStack] = {start_rip + block->fallthrough_offset, block};
-      }
+      if (prev_exit == Block::Exit::kCall) PushReturn(block, start_rip);
     }
   }
   state_.instructions = start_count + retired;
@@ -562,6 +555,15 @@ Interpreter::Flow Interpreter::ExecuteOp(const DecodedInsn& in) noexcept {
     WR(dst, a);                                                       \
     *f = nf;                                                          \
     return Flow::kNext;
+// One-operand ALU op (INC, DEC, NEG): flags committed after the write.
+#define ALU1(name, fn)                                                \
+  case Op::k##name:                                                   \
+    RD(dst, a);                                                       \
+    nf = *f;                                                          \
+    a = fn<kSize>(&nf, a);                                            \
+    WR(dst, a);                                                       \
+    *f = nf;                                                          \
+    return Flow::kNext;
 #define SHIFT(name, fn)                                               \
   case Op::k##name:                                                   \
     if (!ReadOperand(in, in.src, 1, &b)) return Flow::kStop;          \
@@ -595,27 +597,9 @@ Interpreter::Flow Interpreter::ExecuteOp(const DecodedInsn& in) noexcept {
       RD(src, b);
       Test<kSize>(f, a, b);
       return Flow::kNext;
-    case Op::kInc:
-      RD(dst, a);
-      nf = *f;
-      a = Inc<kSize>(&nf, a);
-      WR(dst, a);
-      *f = nf;
-      return Flow::kNext;
-    case Op::kDec:
-      RD(dst, a);
-      nf = *f;
-      a = Dec<kSize>(&nf, a);
-      WR(dst, a);
-      *f = nf;
-      return Flow::kNext;
-    case Op::kNeg:
-      RD(dst, a);
-      nf = *f;
-      a = Neg<kSize>(&nf, a);
-      WR(dst, a);
-      *f = nf;
-      return Flow::kNext;
+    ALU1(Inc, Inc)
+    ALU1(Dec, Dec)
+    ALU1(Neg, Neg)
     case Op::kNot:
       RD(dst, a);
       WR(dst, Not<kSize>(a));
@@ -1030,6 +1014,7 @@ Interpreter::Flow Interpreter::ExecuteOp(const DecodedInsn& in) noexcept {
   }
 #undef RD
 #undef WR
+#undef ALU1
 #undef ALU2
 #undef SHIFT
 }
@@ -1136,6 +1121,17 @@ Interpreter::Flow Interpreter::Threaded(Interpreter* self, const DecodedInsn& in
 // and return-stack use as Run's), or return `leave` to Run: when an interrupt
 // check is pending, the chain credits are spent, the link is not valid, or
 // the next block would overrun the budget.
+inline Interpreter::Link* Interpreter::LinkSlot(Block* from, uint64_t from_start, Block::Exit exit,
+                                         uint64_t rip) noexcept {
+  if (exit == Block::Exit::kRet) {
+    // Back to the caller: its fall-through link leads to the return point.
+    const ReturnEntry& r = return_stack_[(return_top_ - 1) % kReturnStack];
+    if (r.rip == rip && r.caller != nullptr) return &r.caller->links[1];
+    return &from->links[0];
+  }
+  return &from->links[rip == from_start + from->fallthrough_offset ? 1 : 0];
+}
+
 Interpreter::Flow Interpreter::ChainOrReturn(const DecodedInsn* last, Flow leave) noexcept {
   exit_at_ = last;
   Block* b = cur_block_;
@@ -1148,22 +1144,11 @@ Interpreter::Flow Interpreter::ChainOrReturn(const DecodedInsn* last, Flow leave
     exit = b->exit;
   }
   const uint64_t rip = state_.rip;
-  const Link* link;
-  if (exit == Block::Exit::kRet) {
-    // Back to the caller: its fall-through link leads to the return point.
-    const ReturnEntry& r = return_stack_[(return_top_ - 1) % kReturnStack];
-    if (r.rip != rip || r.caller == nullptr) return leave;  // Run pops it
-    link = &r.caller->links[1];
-  } else {
-    link = &b->links[rip == cur_start_ + b->fallthrough_offset ? 1 : 0];
-  }
+  const Link* link = LinkSlot(b, cur_start_, exit, rip);
   Block* t = link->block;
-  if (link->epoch != chain_epoch_ || link->rip != rip || t->tag != link->tag ||
-      link->cpl != state_.cpl || t->num_insns > chain_insns_left_) {
-    return leave;
-  }
+  if (!LinkUsable(*link, rip) || t->num_insns > chain_insns_left_) return leave;
   if (exit == Block::Exit::kCall) {
-    return_stack_[return_top_++ % kReturnStack] = {cur_start_ + b->fallthrough_offset, b};
+    PushReturn(b, cur_start_);
   } else if (exit == Block::Exit::kRet) {
     --return_top_;
   }

@@ -287,6 +287,21 @@ class Interpreter {
   template <Handler kInner>
   static Flow Threaded(Interpreter* self, const DecodedInsn& in) noexcept;
   Flow ChainOrReturn(const DecodedInsn* last, Flow leave) noexcept;
+  // The link that leads on from block `from` (started at `from_start`, left
+  // by `exit`) to `rip`: through the return stack's caller after a RET,
+  // else the block's fall-through or other slot. Run and ChainOrReturn share
+  // it; the caller pops the return stack.
+  [[gnu::always_inline]] inline Link* LinkSlot(Block* from, uint64_t from_start, Block::Exit exit,
+                                               uint64_t rip) noexcept;
+  // Whether `link` may be followed to `rip` now (see Link). No code-
+  // generation check: every generation bump also moves chain_epoch_.
+  bool LinkUsable(const Link& link, uint64_t rip) const noexcept {
+    return link.epoch == chain_epoch_ && link.rip == rip && link.block->tag == link.tag &&
+           link.cpl == state_.cpl;
+  }
+  void PushReturn(Block* caller, uint64_t caller_start) noexcept {
+    return_stack_[return_top_++ % kReturnStack] = {caller_start + caller->fallthrough_offset, caller};
+  }
   template <unsigned kCond>
   [[gnu::always_inline]] static inline Flow JccThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   // A Jcc inside a superblock: when taken it leaves the block.
@@ -422,9 +437,11 @@ class Interpreter {
   bool PlatformPortOut(uint16_t port, uint8_t size, uint32_t data) noexcept;
   bool PlatformMmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noexcept;
   bool PlatformMmioWrite(uint64_t gpa, uint8_t size, uint64_t data) noexcept;
-  // Executes the instruction at rip once, alone (cross-page, I/O replay).
-  // Returns false if Run() must stop.
-  bool StepSingle(uint64_t* retired) noexcept;
+  // Executes the instruction at rip once, alone (cross-page, I/O replay,
+  // interrupt shadow). `crosses_page`: the caller already found that it
+  // straddles the page end, so it is fetched across pages without another
+  // block lookup. Returns false if Run() must stop.
+  bool StepSingle(uint64_t* retired, bool crosses_page = false) noexcept;
   // After a handler returned kStop: true if Run() stops (else an event was
   // delivered and execution goes on at rip).
   bool AfterStop(uint64_t* retired) noexcept;
