@@ -271,6 +271,47 @@ TEST_F(SoftGuestTest, TripleFaultFailsThatGuestAloneAndTheOthersFinish) {
 }
 
 // ---------------------------------------------------------------------------
+// Device reads: the value a port or MMIO read gets comes from the VMM's bus
+// through a kIo/kMmio exit and the re-executed instruction (cpu/interpreter.h,
+// IoStatus). The real guest never reads a device, so a tiny one does: it
+// reads the serial LSR (THR empty and transmitter empty: 0x60) and an
+// unclaimed MMIO address (all ones), and exits with the LSR value only if
+// the MMIO read saw all ones; otherwise it halts with interrupts off.
+std::string DeviceReadImage() {
+  const unsigned char code[] = {
+      0x66, 0xba, 0xfd, 0x03,        // mov dx, 0x3fd          COM1 LSR
+      0xec,                          // in al, dx
+      0x89, 0xc1,                    // mov ecx, eax
+      0xbe, 0x00, 0x00, 0x00, 0xd0,  // mov esi, 0xd0000000    MMIO hole, no device
+      0x8b, 0x06,                    // mov eax, [rsi]
+      0x83, 0xf8, 0xff,              // cmp eax, -1
+      0x75, 0x05,                    // jne .bad
+      0x0f, 0xb6, 0xc1,              // movzx eax, cl
+      0xe7, 0xf4,                    // out 0xf4, eax          debug-exit with the LSR
+      0xf4,                          // .bad: hlt
+      0xeb, 0xfd};                   // jmp .-1
+  return testing::TinyElf(std::string(reinterpret_cast<const char*>(code), sizeof(code)));
+}
+
+TEST_F(SoftGuestTest, DeviceReadsComeBackThroughTheExitLoop) {
+  const std::string image = (dir_ / "reads.elf").string();
+  {
+    std::ofstream out(image, std::ios::binary);
+    out << DeviceReadImage();
+  }
+  RunConfig c = Config("soft", "compute", 1);
+  c.kernel_path = image;
+  absl::StatusOr<RunOutcome> run = RunVms(c);
+  ASSERT_TRUE(run.ok()) << run.status();
+  const MachineResult& r = run->vms[0];
+  ASSERT_EQ(r.outcome, MachineOutcome::kExited) << r.failure;
+  EXPECT_EQ(r.exit_code, 0x60u);  // Serial: kLsrThre | kLsrTemt
+  EXPECT_EQ(r.bus.Get(BusCounters::kPioReads), 1u);
+  EXPECT_EQ(r.bus.Get(BusCounters::kMmioReads), 1u);
+  EXPECT_EQ(r.bus.Get(BusCounters::kUnclaimedMmio), 1u);
+}
+
+// ---------------------------------------------------------------------------
 // The CLI.
 
 vmm::testing::CommandResult Vmm(const std::string& args) {

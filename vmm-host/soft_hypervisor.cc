@@ -93,6 +93,9 @@ class SoftVcpu final : public Vcpu, public cpu::CpuPlatform {
   };
   void QueueWrite(ExitReason reason, uint64_t where, uint8_t size, uint64_t data);
   VcpuExit TakeQueued();
+  // Starts the exit of a read whose value the VMM supplies (read_buf_); the
+  // caller fills in the io/mmio part.
+  VcpuExit& ExitForRead(ExitReason reason, uint8_t size);
   bool InLapic(uint64_t gpa) const {
     return (gpa & ~uint64_t{0xfff}) == (lapic_.apic_base_msr() & ~uint64_t{0xfff});
   }
@@ -313,6 +316,16 @@ void SoftVcpu::QueueWrite(ExitReason reason, uint64_t where, uint8_t size, uint6
   }
 }
 
+VcpuExit& SoftVcpu::ExitForRead(ExitReason reason, uint8_t size) {
+  // Unclaimed bytes read as all ones, as on a bus nothing answers.
+  std::memset(read_buf_, 0xff, sizeof(read_buf_));
+  read_exit_ = VcpuExit{};
+  read_exit_.reason = reason;
+  read_size_ = size;
+  read_exit_pending_ = true;
+  return read_exit_;
+}
+
 VcpuExit SoftVcpu::TakeQueued() {
   QueuedExit& q = queued_[queued_head_];
   queued_head_ = (queued_head_ + 1) % kMaxQueued;
@@ -321,12 +334,7 @@ VcpuExit SoftVcpu::TakeQueued() {
 }
 
 cpu::IoStatus SoftVcpu::PortIn(uint16_t port, uint8_t size, uint32_t* /*data*/) noexcept {
-  read_exit_ = VcpuExit{};
-  read_exit_.reason = ExitReason::kIo;
-  std::memset(read_buf_, 0xff, sizeof(read_buf_));
-  read_exit_.io = {port, size, false, 1, read_buf_};
-  read_size_ = size;
-  read_exit_pending_ = true;
+  ExitForRead(ExitReason::kIo, size).io = {port, size, false, 1, read_buf_};
   return cpu::IoStatus::kExit;
 }
 
@@ -350,12 +358,7 @@ cpu::IoStatus SoftVcpu::MmioRead(uint64_t gpa, uint8_t size, uint64_t* data) noe
     *data = static_cast<uint64_t>(reg) >> ((gpa & 3) * 8);
     return cpu::IoStatus::kDone;
   }
-  read_exit_ = VcpuExit{};
-  read_exit_.reason = ExitReason::kMmio;
-  std::memset(read_buf_, 0xff, sizeof(read_buf_));
-  read_exit_.mmio = {gpa, size, false, read_buf_};
-  read_size_ = size;
-  read_exit_pending_ = true;
+  ExitForRead(ExitReason::kMmio, size).mmio = {gpa, size, false, read_buf_};
   return cpu::IoStatus::kExit;
 }
 
