@@ -371,6 +371,12 @@ class PagingStrategy {
   // The strategy-specific part of InvalidateGfns (its reverse map, counters),
   // called before the flush generation moves. Any thread, one at a time.
   virtual void DropGfns(base::Gfn first, uint64_t count, GfnChange change) noexcept = 0;
+  // Posts a flush of every attached vCPU's whole soft TLB, applied at each
+  // one's next SyncInvalidations (for a strategy whose own state changed
+  // under other vCPUs, e.g. shadow write protection). Any thread.
+  void RequestFlushAllVcpus() noexcept {
+    flush_generation_.fetch_add(1, std::memory_order_seq_cst);
+  }
   // Strategy hooks around attachment (control thread).
   virtual void OnAttach(VcpuMmu& /*vcpu*/) {}
   virtual void OnDetach(VcpuMmu& /*vcpu*/) {}

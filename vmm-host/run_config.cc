@@ -13,6 +13,7 @@
 #include "base/status.h"
 #include "nlohmann/json.hpp"
 #include "vmm-host/memory_layout.h"
+#include "vmm-host/soft_hypervisor.h"
 
 namespace vmm {
 namespace {
@@ -141,6 +142,11 @@ absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text) {
         return FieldError(key, "expected a positive integer (kHz)");
       }
       config.soft_cpu_khz = v.get<uint64_t>();
+    } else if (key == "soft_slice") {
+      if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
+        return FieldError(key, "expected a positive integer (guest instructions)");
+      }
+      config.soft_slice = v.get<uint64_t>();
     } else if (key == "vms") {
       if (!v.is_array()) return FieldError(key, "expected an array of VM objects");
       for (size_t i = 0; i < v.size(); ++i) {
@@ -186,6 +192,7 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
   if (config.soft_cpu_khz < 1000 || config.soft_cpu_khz > 100'000'000) {
     return FieldError("soft_cpu_khz", "expected 1000 (1 MHz) to 100000000 (100 GHz)");
   }
+  if (config.soft_slice == 0) return FieldError("soft_slice", "expected a positive integer");
   if (config.vms.empty()) return absl::InvalidArgumentError("config: vms: no VMs to run");
   std::set<std::string> names;
   for (size_t i = 0; i < config.vms.size(); ++i) {
@@ -202,9 +209,10 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
     if (vm.backend != "kvm" && vm.backend != "soft") {
       return FieldError(absl::StrCat(where, ".backend"), "expected \"kvm\" or \"soft\"");
     }
-    if (vm.paging != "native") {
+    if (!IsPagingStrategy(vm.paging)) {
       return FieldError(absl::StrCat(where, ".paging"),
-                        absl::StrCat("unknown paging strategy \"", vm.paging, "\" (available: native)"));
+                        absl::StrCat("unknown paging strategy \"", vm.paging, "\" (available: ",
+                                     kPagingStrategies, ")"));
     }
     if (!IsKnownWorkload(vm.workload)) {
       std::string known;
@@ -217,9 +225,19 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
       return FieldError(absl::StrCat(where, ".ram"),
                         "guest RAM must be a multiple of 2 MiB between 16 MiB and 64 GiB");
     }
-    if (vm.vcpus != 1) {
+    if (vm.vcpus < 1 || vm.vcpus > 64) {
+      return FieldError(absl::StrCat(where, ".vcpus"), "expected 1 to 64");
+    }
+    if (vm.vcpus != 1 && config.kernel_path.empty()) {
+      // The built guest kernel is uniprocessor: it has no SMP boot and would
+      // take the secondary vCPUs' entry (RDI = index) for its boot info.
       return FieldError(absl::StrCat(where, ".vcpus"),
-                        "the guest kernel supports exactly one vCPU");
+                        "the guest kernel supports exactly one vCPU (several need a kernel "
+                        "built for them, given with `kernel`, on the soft backend)");
+    }
+    if (vm.vcpus != 1 && vm.backend != "soft") {
+      return FieldError(absl::StrCat(where, ".vcpus"),
+                        "several vCPUs per VM run on the soft backend only");
     }
     if (!(vm.timeout_seconds > 0)) {
       return FieldError(absl::StrCat(where, ".timeout"), "expected a positive number of seconds");

@@ -1,7 +1,9 @@
 #include "vmm-host/soft_hypervisor.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +16,7 @@
 #include "cpu/ioapic.h"
 #include "cpu/lapic.h"
 #include "cpu/native_strategy.h"
+#include "shadow/shadow_strategy.h"
 #include "mmu/soft_tlb.h"
 #include "vmm-host/frame_table.h"
 #include "vmm-host/memory_layout.h"
@@ -31,6 +34,21 @@ constexpr absl::Duration kIdleWait = absl::Milliseconds(2);
 
 class SoftVm;
 
+// The strategies --paging accepts.
+absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> MakePagingStrategy(const std::string& name,
+                                                                        FrameTable* memory,
+                                                                        uint32_t max_vcpus) {
+  if (name == "native") {
+    ASSIGN_OR_RETURN(auto s, cpu::NativeStrategy::Create(memory, {.max_vcpus = max_vcpus}));
+    return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
+  }
+  if (name == "shadow") {
+    ASSIGN_OR_RETURN(auto s, shadow::ShadowStrategy::Create(memory, {.max_vcpus = max_vcpus}));
+    return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("soft: unknown paging strategy \"", name, "\""));
+}
+
 #define VMM_SOFT_VCPU_COUNTERS(X)                                                       \
   X(Runs, runs)                                                                         \
   X(IdleSkips, idle_skips)                   /* halts that jumped to the next timer event */ \
@@ -39,6 +57,14 @@ class SoftVm;
   X(LapicAccesses, lapic_accesses)                                                      \
   X(IoapicAccesses, ioapic_accesses)
 BASE_DEFINE_COUNTERS(SoftVcpuCounters, VMM_SOFT_VCPU_COUNTERS);
+
+#define VMM_SOFT_SCHED_COUNTERS(X)                                                    \
+  X(Rounds, rounds)            /* rounds every scheduled vCPU took a turn in */       \
+  X(Turns, turns)              /* turns run (or idled) to the round's end */           \
+  X(IdleJumps, idle_jumps)     /* all halted: rounds skipped to the next timer event */ \
+  X(IdleWaits, idle_waits)     /* all halted, nothing armed: waits for a device */    \
+  X(Parked, parked)            /* turns of a vCPU halted with interrupts off */
+BASE_DEFINE_COUNTERS(SoftSchedCounters, VMM_SOFT_SCHED_COUNTERS);
 
 // One vCPU: its architectural state, soft TLB, local APIC and interpreter.
 // It is the interpreter's CpuPlatform: interrupt controller accesses are
@@ -52,22 +78,29 @@ class SoftVcpu final : public Vcpu, public cpu::CpuPlatform {
 
   int index() const override { return index_; }
   absl::StatusOr<VcpuExit> Run() override;
-  void Kick() override {
-    kicked_.store(true, std::memory_order_release);
-    absl::MutexLock lock(&wake_mu_);
-    wake_.SignalAll();
-  }
+  void Kick() override;
   absl::Status SetLongModeEntry(const LongModeEntry& entry) override;
   absl::StatusOr<VcpuRegisters> GetRegisters() override;
   absl::StatusOr<BackendStats> Stats() override;
 
   // An interrupt from the I/O APIC (any thread).
-  void PostInterrupt(uint8_t vector, bool level) {
-    lapic_.Post(vector, level);
-    absl::MutexLock lock(&wake_mu_);
-    wake_.SignalAll();
-  }
+  void PostInterrupt(uint8_t vector, bool level);
   uint8_t apic_id() const { return lapic_.id(); }
+
+  // Scheduling (SoftScheduler). RunUntil runs the vCPU until its clock
+  // (Cycles()) reaches `until` (kDone; a halted vCPU idles there), an exit
+  // (kExit, `*exit` set), or, in a scheduled run, a halt with interrupts off
+  // that nothing can end (kParked, clock also moved to `until`). With
+  // kUnscheduled it is Run(): a halt with interrupts off is a kHlt exit and
+  // a halt with nothing armed waits for a device interrupt or a kick.
+  static constexpr uint64_t kUnscheduled = UINT64_MAX;
+  enum class Turn : uint8_t { kDone, kExit, kParked };
+  Turn RunUntil(uint64_t until, VcpuExit* exit);
+  // Guest time of this vCPU in cycles: the TSC less its offset.
+  uint64_t Cycles() const { return state_.Cycles(); }
+  // When this vCPU can next run: now if it is not halted, its next timer
+  // event if it is halted with interrupts on, else UINT64_MAX.
+  uint64_t WakeCycle() const;
 
   // cpu::CpuPlatform.
   cpu::IoStatus PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept override;
@@ -123,8 +156,6 @@ class SoftVcpu final : public Vcpu, public cpu::CpuPlatform {
   VcpuExit read_exit_;
 
   std::atomic<bool> kicked_{false};
-  absl::Mutex wake_mu_;
-  absl::CondVar wake_;
 
   SoftVcpuCounters counters_;
 };
@@ -137,7 +168,7 @@ class SoftVm final : public Vm {
   }
 
   absl::Status Init() {
-    ASSIGN_OR_RETURN(strategy_, cpu::NativeStrategy::Create(memory_, {.max_vcpus = kMaxVcpus}));
+    ASSIGN_OR_RETURN(strategy_, MakePagingStrategy(options_.paging, memory_, kMaxVcpus));
     listener_ = std::make_unique<StrategyInvalidationListener>(strategy_.get(), [this] {
       absl::MutexLock lock(&mu_);
       for (SoftVcpu* v : vcpus_) v->Kick();
@@ -186,11 +217,28 @@ class SoftVm final : public Vm {
     return absl::OkStatus();
   }
   uint64_t TscKhz() const override { return options_.cpu_khz; }
+  absl::StatusOr<std::unique_ptr<VcpuScheduler>> CreateScheduler(
+      const std::vector<Vcpu*>& vcpus) override;
   absl::StatusOr<BackendStats> Stats() override {
     BackendStats out = strategy_->Counters();
     for (const auto& c : ioapic_->counters().Snapshot("ioapic")) out.push_back(c);
+    if (scheduled_.load(std::memory_order_relaxed)) {
+      for (const auto& c : sched_counters_.Snapshot("sched")) out.push_back(c);
+    }
     return out;
   }
+
+  // Wakes whatever waits for this VM's vCPUs (a halted vCPU's Run, or the
+  // scheduler): a kick or a posted interrupt. Any thread.
+  void Wake() {
+    absl::MutexLock lock(&wake_mu_);
+    wake_.SignalAll();
+  }
+  void WaitForWake(absl::Duration timeout) {
+    absl::MutexLock lock(&wake_mu_);
+    wake_.WaitWithTimeout(&wake_mu_, timeout);
+  }
+  SoftSchedCounters& sched_counters() { return sched_counters_; }
 
   const SoftOptions& options() const { return options_; }
   mmu::PagingStrategy* strategy() { return strategy_.get(); }
@@ -205,6 +253,11 @@ class SoftVm final : public Vm {
   std::unique_ptr<cpu::Ioapic> ioapic_;
   absl::Mutex mu_;
   std::vector<SoftVcpu*> vcpus_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex wake_mu_;
+  absl::CondVar wake_;
+  // Written by the scheduler's thread, read by Stats() after it stopped.
+  SoftSchedCounters sched_counters_;
+  std::atomic<bool> scheduled_{false};
 };
 
 // ---------------------------------------------------------------------------
@@ -217,6 +270,16 @@ SoftVcpu::SoftVcpu(SoftVm* vm, int index)
   mmu_.tlb = &tlb_;
   mmu_.index = static_cast<uint32_t>(index);
   lapic_.set_eoi_callback([this](uint8_t vector) { vm_->ioapic()->OnEoi(vector); });
+}
+
+void SoftVcpu::Kick() {
+  kicked_.store(true, std::memory_order_release);
+  vm_->Wake();
+}
+
+void SoftVcpu::PostInterrupt(uint8_t vector, bool level) {
+  lapic_.Post(vector, level);
+  vm_->Wake();
 }
 
 SoftVcpu::~SoftVcpu() {
@@ -396,8 +459,25 @@ bool SoftVcpu::WriteMsr(uint32_t msr, uint64_t value) noexcept {
 }
 
 absl::StatusOr<VcpuExit> SoftVcpu::Run() {
+  VcpuExit exit;
+  RunUntil(kUnscheduled, &exit);
+  return exit;
+}
+
+uint64_t SoftVcpu::WakeCycle() const {
+  if (!halted_) return Cycles();
+  if ((state_.rflags_other & cpu::kFlagIf) == 0) return UINT64_MAX;
+  const uint64_t wait = CyclesUntil(lapic_.NextTimerEvent());
+  return wait == UINT64_MAX ? UINT64_MAX : Cycles() + wait;
+}
+
+SoftVcpu::Turn SoftVcpu::RunUntil(uint64_t until, VcpuExit* exit) {
+  const bool scheduled = until != kUnscheduled;
   counters_.Inc(SoftVcpuCounters::kRuns);
-  if (queued_count_ > 0) return TakeQueued();
+  if (queued_count_ > 0) {
+    *exit = TakeQueued();
+    return Turn::kExit;
+  }
   if (read_exit_pending_) {
     // The handler filled read_buf_: the instruction re-runs with it.
     uint64_t value = 0;
@@ -414,9 +494,9 @@ absl::StatusOr<VcpuExit> SoftVcpu::Run() {
 
   for (;;) {
     if (kicked_.exchange(false, std::memory_order_acq_rel)) {
-      VcpuExit exit;
-      exit.reason = ExitReason::kInterrupted;
-      return exit;
+      *exit = VcpuExit{};
+      exit->reason = ExitReason::kInterrupted;
+      return Turn::kExit;
     }
     lapic_.MergePosted();
     lapic_.AdvanceTo(LapicNow());
@@ -424,15 +504,25 @@ absl::StatusOr<VcpuExit> SoftVcpu::Run() {
     if (deliverable) interp_->RequestInterruptCheck();
     const bool interrupts_on = (state_.rflags_other & cpu::kFlagIf) != 0;
     if (halted_) {
+      const uint64_t to_end = scheduled && until > Cycles() ? until - Cycles() : 0;
       if (deliverable && interrupts_on) {
         halted_ = false;  // the interpreter takes it at its first boundary
       } else if (!interrupts_on) {
         // Nothing can wake a vCPU halted with interrupts off.
-        VcpuExit exit;
-        exit.reason = ExitReason::kHlt;
-        return exit;
-      } else if (const uint64_t skip = CyclesUntil(lapic_.NextTimerEvent()); skip != UINT64_MAX) {
-        // Idle: guest time jumps to the next timer event (deterministic).
+        if (scheduled) {
+          // Its clock keeps pace with the others' (docs/cpu.md, "Scheduling").
+          state_.idle_cycles += to_end;
+          return Turn::kParked;
+        }
+        *exit = VcpuExit{};
+        exit->reason = ExitReason::kHlt;
+        return Turn::kExit;
+      } else if (uint64_t skip = CyclesUntil(lapic_.NextTimerEvent());
+                 skip != UINT64_MAX || scheduled) {
+        // Idle: guest time jumps to the next timer event (deterministic), or
+        // in a scheduled run at most to the end of the turn.
+        if (scheduled && skip > to_end) skip = to_end;
+        if (skip == 0) return Turn::kDone;
         counters_.Inc(SoftVcpuCounters::kIdleSkips);
         counters_.Add(SoftVcpuCounters::kIdleSkippedCycles, skip);
         state_.idle_cycles += skip;
@@ -441,15 +531,16 @@ absl::StatusOr<VcpuExit> SoftVcpu::Run() {
         // Waiting for a device interrupt from another thread, or a kick.
         counters_.Inc(SoftVcpuCounters::kIdleWaits);
         mmu::PagingStrategy::EnterQuiescence(mmu_);
-        {
-          absl::MutexLock lock(&wake_mu_);
-          wake_.WaitWithTimeout(&wake_mu_, kIdleWait);
-        }
+        vm_->WaitForWake(kIdleWait);
         strategy.LeaveQuiescence(mmu_);
         continue;
       }
     }
     uint64_t budget = vm_->options().quantum;
+    if (scheduled) {
+      if (Cycles() >= until) return Turn::kDone;
+      if (until - Cycles() < budget) budget = until - Cycles();
+    }
     const uint64_t to_timer = CyclesUntil(lapic_.NextTimerEvent());
     if (to_timer < budget) budget = to_timer;
     const cpu::RunResult r = interp_->Run(budget);
@@ -460,40 +551,145 @@ absl::StatusOr<VcpuExit> SoftVcpu::Run() {
         halted_ = true;
         break;
       case cpu::StopReason::kIoExit:
-        if (read_exit_pending_) return read_exit_;
-        if (queued_count_ > 0) return TakeQueued();
+        if (read_exit_pending_) {
+          *exit = read_exit_;
+          return Turn::kExit;
+        }
+        if (queued_count_ > 0) {
+          *exit = TakeQueued();
+          return Turn::kExit;
+        }
         break;  // a device write served here (LAPIC) needs no exit
-      case cpu::StopReason::kTripleFault: {
-        VcpuExit exit;
-        exit.reason = ExitReason::kShutdown;
-        exit.description = absl::StrFormat("soft cpu: %s (last fault vector %u, error code %#x)",
-                                           r.detail, r.exception.vector, r.exception.error_code);
-        return exit;
-      }
-      case cpu::StopReason::kHostError: {
-        VcpuExit exit;
-        exit.reason = ExitReason::kInternalError;
-        exit.description = absl::StrFormat(
+      case cpu::StopReason::kTripleFault:
+        *exit = VcpuExit{};
+        exit->reason = ExitReason::kShutdown;
+        exit->description = absl::StrFormat("soft cpu: %s (last fault vector %u, error code %#x)",
+                                            r.detail, r.exception.vector, r.exception.error_code);
+        return Turn::kExit;
+      case cpu::StopReason::kHostError:
+        *exit = VcpuExit{};
+        exit->reason = ExitReason::kInternalError;
+        exit->description = absl::StrFormat(
             "soft cpu: guest RAM could not be backed at rip %#x%s%s", state_.rip,
             r.detail.empty() ? "" : ": ", r.detail);
-        return exit;
-      }
-      case cpu::StopReason::kException: {
-        VcpuExit exit;
-        exit.reason = ExitReason::kInternalError;
-        exit.description = absl::StrFormat("soft cpu: undelivered exception %u", r.exception.vector);
-        return exit;
-      }
+        return Turn::kExit;
+      case cpu::StopReason::kException:
+        *exit = VcpuExit{};
+        exit->reason = ExitReason::kInternalError;
+        exit->description = absl::StrFormat("soft cpu: undelivered exception %u", r.exception.vector);
+        return Turn::kExit;
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// Round-robin scheduling of several vCPUs on one thread (docs/cpu.md,
+// "Scheduling"). Guest time is cut into rounds of `slice` cycles on a fixed
+// grid: round r ends at horizon (r + 1) * slice. In a round every vCPU, in
+// order, runs until its own clock reaches the horizon; a halted one idles
+// there (or wakes on its timer on the way and runs the rest of the turn).
+// So every vCPU's TSC and LAPIC clock is its own cycle count, the clocks are
+// equal at each round's end and never more than one slice apart, and where
+// a turn ends depends only on guest state: the interleaving is the same in
+// every run. Kicks and exits return from Run() in the middle of a turn and
+// the turn goes on at the next Run().
+class SoftScheduler final : public VcpuScheduler {
+ public:
+  SoftScheduler(SoftVm* vm, std::vector<SoftVcpu*> vcpus)
+      : vm_(vm), vcpus_(std::move(vcpus)), slice_(vm->options().slice) {
+    uint64_t latest = 0;
+    for (SoftVcpu* v : vcpus_) latest = std::max(latest, v->Cycles());
+    horizon_ = (latest / slice_ + 1) * slice_;
+  }
+
+  absl::StatusOr<Exit> Run() override {
+    SoftSchedCounters& counters = vm_->sched_counters();
+    for (;;) {
+      SoftVcpu* v = vcpus_[current_];
+      VcpuExit exit;
+      const SoftVcpu::Turn turn = v->RunUntil(horizon_, &exit);
+      if (turn == SoftVcpu::Turn::kExit) return Exit{v, std::move(exit)};
+      if (turn == SoftVcpu::Turn::kParked) {
+        counters.Inc(SoftSchedCounters::kParked);
+        ++parked_;
+      } else {
+        counters.Inc(SoftSchedCounters::kTurns);
+      }
+      if (++current_ < vcpus_.size()) continue;
+
+      // The round is over: every clock is at the horizon.
+      current_ = 0;
+      const size_t parked = std::exchange(parked_, 0);
+      if (parked == vcpus_.size()) {
+        // Every vCPU halted with interrupts off: the VM cannot go on.
+        Exit stuck{vcpus_.front(), VcpuExit{}};
+        stuck.exit.reason = ExitReason::kHlt;
+        stuck.exit.description = "every vCPU halted with interrupts off";
+        return stuck;
+      }
+      uint64_t wake = UINT64_MAX;
+      for (SoftVcpu* w : vcpus_) wake = std::min(wake, w->WakeCycle());
+      if (wake == UINT64_MAX) {
+        // All halted and nothing armed: wait for a device interrupt or a
+        // kick, then replay the round at the same horizon (the vCPUs'
+        // clocks stand still meanwhile, as a lone vCPU's do).
+        counters.Inc(SoftSchedCounters::kIdleWaits);
+        vm_->WaitForWake(kIdleWait);
+        continue;
+      }
+      // The next round that holds `wake`: the following one if a vCPU can
+      // run now, else (all halted) a jump straight to the earliest timer
+      // event, on the same grid.
+      counters.Inc(SoftSchedCounters::kRounds);
+      const uint64_t rounds = (wake > horizon_ ? (wake - horizon_) / slice_ : 0) + 1;
+      if (rounds > 1) counters.Add(SoftSchedCounters::kIdleJumps, rounds - 1);
+      horizon_ += rounds * slice_;
+    }
+  }
+
+  void Kick() override {
+    for (SoftVcpu* v : vcpus_) v->Kick();
+  }
+
+ private:
+  SoftVm* const vm_;
+  const std::vector<SoftVcpu*> vcpus_;
+  const uint64_t slice_;
+  uint64_t horizon_ = 0;  // the end of the current round, in guest cycles
+  size_t current_ = 0;    // whose turn it is
+  size_t parked_ = 0;     // vCPUs parked in this round so far
+};
+
+absl::StatusOr<std::unique_ptr<VcpuScheduler>> SoftVm::CreateScheduler(
+    const std::vector<Vcpu*>& vcpus) {
+  if (vcpus.empty()) return absl::InvalidArgumentError("soft: a scheduler needs a vCPU");
+  if (options_.slice == 0) return absl::InvalidArgumentError("soft: slice must be positive");
+  std::vector<SoftVcpu*> soft;
+  {
+    absl::MutexLock lock(&mu_);
+    for (Vcpu* given : vcpus) {
+      auto it = std::find_if(vcpus_.begin(), vcpus_.end(),
+                             [&](SoftVcpu* v) { return static_cast<Vcpu*>(v) == given; });
+      if (it == vcpus_.end()) {
+        return absl::InvalidArgumentError("soft: a scheduled vCPU is not one of this VM's");
+      }
+      if (std::find(soft.begin(), soft.end(), *it) != soft.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("soft: vCPU ", given->index(), " is scheduled twice"));
+      }
+      soft.push_back(*it);
+    }
+  }
+  scheduled_.store(true, std::memory_order_relaxed);
+  return std::unique_ptr<VcpuScheduler>(new SoftScheduler(this, std::move(soft)));
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SoftHypervisor>> SoftHypervisor::Create(SoftOptions options) {
-  if (options.paging != "native") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "soft: unknown paging strategy \"", options.paging, "\" (available: native)"));
+  if (!IsPagingStrategy(options.paging)) {
+    return absl::InvalidArgumentError(absl::StrCat("soft: unknown paging strategy \"",
+                                                   options.paging, "\" (available: ",
+                                                   kPagingStrategies, ")"));
   }
   if (options.cpu_khz < 1000 || options.cpu_khz > 100'000'000) {
     return absl::InvalidArgumentError("soft: cpu_khz must be between 1000 (1 MHz) and 100000000 (100 GHz)");

@@ -17,6 +17,10 @@
 //     the same image, command line and config give the same counts.
 //   - A triple fault is a kShutdown exit; a RAM page the host cannot back is
 //     kInternalError; both leave the host and the other VMs running.
+//   - Several vCPUs of a VM run on one thread through SoftVm's
+//     CreateScheduler: round-robin turns of SoftOptions::slice guest cycles,
+//     each vCPU's clock (TSC, LAPIC) its own cycle count, all clocks equal
+//     at every round's end (docs/cpu.md, "Scheduling").
 //
 // Thread safety: as hypervisor.h. SetIrqLine and Kick from any thread.
 #pragma once
@@ -24,15 +28,20 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "vmm-host/hypervisor.h"
 
 namespace vmm {
 
+// The paging strategies of the soft backend, as the CLI and configs name
+// them: "native" (cpu/native_strategy.h) and "shadow" (shadow/).
+inline constexpr char kPagingStrategies[] = "native, shadow";
+inline bool IsPagingStrategy(std::string_view name) { return name == "native" || name == "shadow"; }
+
 struct SoftOptions {
-  // The paging strategy every VM of this hypervisor uses: "native" (shadow
-  // and nested are added by their issues).
+  // The paging strategy every VM of this hypervisor uses (IsPagingStrategy).
   std::string paging = "native";
   // The modelled CPU frequency: guest instructions per millisecond of guest
   // time. It is also the TSC frequency the guest is told.
@@ -45,6 +54,11 @@ struct SoftOptions {
   // Instructions a vCPU runs between two looks at Kick() and posted
   // interrupts. Only latency depends on it, never guest-visible timing.
   uint64_t quantum = 1'000'000;
+  // Guest instructions (cycles) per turn when several vCPUs of a VM share
+  // one thread (Vm::CreateScheduler): round r runs every vCPU in index order
+  // up to guest time (r + 1) * slice. It sets the interleaving, so unlike
+  // `quantum` it is guest-visible; a run stays deterministic for any value.
+  uint64_t slice = 100'000;
 };
 
 class SoftHypervisor final : public Hypervisor {
