@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "base/check.h"
 #include "base/status.h"
 #include "guest/boot_info.h"
 #include "mmu/pte.h"
@@ -122,6 +123,14 @@ absl::StatusOr<LongModeEntry> SetUpBoot(const ElfImage& image, const MemoryLayou
   entry.gdt_base = BootAddresses::kGdt;
   entry.gdt_limit = static_cast<uint16_t>(sizeof(gdt) - 1);
   entry.tss_base = BootAddresses::kTss;
+  return entry;
+}
+
+LongModeEntry SecondaryVcpuEntry(const LongModeEntry& bsp, int index) {
+  CHECK(index >= 1 && index < BootAddresses::kMaxVcpus);
+  LongModeEntry entry = bsp;
+  entry.rdi = static_cast<uint64_t>(index);
+  entry.rsp = BootAddresses::kStackTop + static_cast<uint64_t>(index) * BootAddresses::kSecondaryStackBytes;
   return entry;
 }
 

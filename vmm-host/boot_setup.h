@@ -29,6 +29,10 @@ struct BootAddresses {
   static constexpr uint64_t kCmdline = 0x9000;
   static constexpr uint64_t kCmdlineMax = 3071;  // the guest copies it into a 3072-byte page
   static constexpr uint64_t kStackTop = 0x80000;
+  // Secondary vCPU i (1 <= i < 64) has its own stack just above vCPU 0's:
+  // its top is kStackTop + i * kSecondaryStackBytes.
+  static constexpr uint64_t kSecondaryStackBytes = 0x1000;
+  static constexpr int kMaxVcpus = 64;
 };
 
 struct BootOptions {
@@ -43,5 +47,11 @@ struct BootOptions {
 // anything is written.
 absl::StatusOr<LongModeEntry> SetUpBoot(const ElfImage& image, const MemoryLayout& layout,
                                         const BootOptions& options, GuestMemory& memory);
+
+// The entry state of secondary vCPU `index` (1 <= index < kMaxVcpus): vCPU
+// 0's (same code, page tables, GDT and TSS) with RDI = index and its own
+// stack. The VMM starts every vCPU in long mode; there is no INIT/SIPI boot
+// (docs/boot.md, "Several vCPUs").
+LongModeEntry SecondaryVcpuEntry(const LongModeEntry& bsp, int index);
 
 }  // namespace vmm

@@ -7,8 +7,9 @@
 // plain function (exit_handler.h) turns into device calls.
 //
 // Thread safety: a Hypervisor and its Vms may be used from any thread; each
-// Vcpu is run from exactly one thread (its vCPU thread), except Kick(), which
-// any thread may call to make a running Run() return kInterrupted soon.
+// Vcpu is run from exactly one thread (its vCPU thread, or the thread of the
+// VcpuScheduler that runs it), except Kick(), which any thread may call to
+// make a running Run() return kInterrupted soon.
 #pragma once
 
 #include <cstdint>
@@ -101,6 +102,27 @@ class Vcpu {
   virtual absl::StatusOr<BackendStats> Stats() = 0;
 };
 
+// Runs several vCPUs of one VM on the calling thread, taking turns, where the
+// backend can (soft: round-robin in deterministic slices of guest
+// instructions, docs/cpu.md "Scheduling"). Run() returns the next exit of
+// any of them with the vCPU it came from; the caller handles it as it would
+// a Vcpu::Run() exit (a read's data is filled before the next Run()). The
+// scheduled vCPUs must outlive it and must not be run otherwise.
+//
+// Thread safety: Run() from one thread; Kick() from any thread.
+class VcpuScheduler {
+ public:
+  struct Exit {
+    Vcpu* vcpu = nullptr;
+    VcpuExit exit;
+  };
+  virtual ~VcpuScheduler() = default;
+  // An error means the backend itself failed (not the guest).
+  virtual absl::StatusOr<Exit> Run() = 0;
+  // Makes Run() return a kInterrupted exit as soon as possible. Any thread.
+  virtual void Kick() = 0;
+};
+
 class Vm {
  public:
   virtual ~Vm() = default;
@@ -111,6 +133,13 @@ class Vm {
   virtual absl::Status SetIrqLine(uint32_t gsi, bool level) = 0;
   // The guest TSC frequency in kHz, or 0 if unknown.
   virtual uint64_t TscKhz() const = 0;
+  // A scheduler that runs `vcpus` (of this VM, in this turn order) on one
+  // thread. Unimplemented on backends whose vCPUs each need their own thread
+  // (kvm).
+  virtual absl::StatusOr<std::unique_ptr<VcpuScheduler>> CreateScheduler(
+      const std::vector<Vcpu*>& /*vcpus*/) {
+    return absl::UnimplementedError("this backend runs each vCPU on its own thread");
+  }
   virtual absl::StatusOr<BackendStats> Stats() = 0;
 };
 

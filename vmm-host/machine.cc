@@ -1,5 +1,6 @@
 #include "vmm-host/machine.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -68,7 +69,27 @@ absl::Status Machine::Init() {
   for (const RamMapping& m : memory_->Mappings()) {
     TRY(vm_->MapRam(m.gpa, m.size_bytes, m.host));
   }
-  ASSIGN_OR_RETURN(vcpu_, vm_->CreateVcpu(0));
+  if (config_.vcpus < 1 || config_.vcpus > BootAddresses::kMaxVcpus) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("vcpus must be 1 to ", BootAddresses::kMaxVcpus, ", not ", config_.vcpus));
+  }
+  std::vector<Vcpu*> scheduled;
+  for (int i = 0; i < config_.vcpus; ++i) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Vcpu> vcpu, vm_->CreateVcpu(i));
+    scheduled.push_back(vcpu.get());
+    vcpus_.push_back(std::move(vcpu));
+  }
+  if (vcpus_.size() > 1) {
+    // Several vCPUs share the machine's one thread through the backend's
+    // scheduler (soft); kvm has none and keeps to one vCPU per VM.
+    absl::StatusOr<std::unique_ptr<VcpuScheduler>> scheduler = vm_->CreateScheduler(scheduled);
+    if (!scheduler.ok()) {
+      return absl::Status(scheduler.status().code(),
+                          absl::StrCat(std::string(env_.hypervisor->name()), ": cannot run ", vcpus_.size(),
+                                       " vCPUs on one thread: ", scheduler.status().message()));
+    }
+    scheduler_ = *std::move(scheduler);
+  }
 
   // Devices. The serial log is the only file a VM creates.
   std::error_code ec;
@@ -107,7 +128,12 @@ absl::Status Machine::Init() {
                (trap_entry ? guest::kBootFlagTrapEntry : 0);
   boot.tsc_khz = vm_->TscKhz();
   ASSIGN_OR_RETURN(LongModeEntry entry, SetUpBoot(*env_.image, layout, boot, *memory_));
-  TRY(vcpu_->SetLongModeEntry(entry));
+  TRY(vcpus_[0]->SetLongModeEntry(entry));
+  // Secondary vCPUs start at the same entry with RDI = their index (the VMM
+  // starts them; there is no INIT/SIPI).
+  for (size_t i = 1; i < vcpus_.size(); ++i) {
+    TRY(vcpus_[i]->SetLongModeEntry(SecondaryVcpuEntry(entry, static_cast<int>(i))));
+  }
   return absl::OkStatus();
 }
 
@@ -142,12 +168,43 @@ void Machine::Stop(MachineOutcome outcome, std::string why) {
     failure_ = std::move(why);
   }
   stop_requested_.store(true, std::memory_order_release);
-  if (vcpu_) vcpu_->Kick();
+  if (scheduler_) {
+    scheduler_->Kick();
+  } else if (!vcpus_.empty()) {
+    vcpus_[0]->Kick();
+  }
+}
+
+std::string Machine::RegistersOf(Vcpu& vcpu) {
+  absl::StatusOr<VcpuRegisters> regs = vcpu.GetRegisters();
+  std::string text = regs.ok() ? FormatRegisters(*regs) : std::string(regs.status().message());
+  return vcpus_.size() > 1 ? absl::StrCat("vcpu ", vcpu.index(), ":\n", text) : text;
+}
+
+std::string Machine::AllRegisters() {
+  std::string text;
+  for (const auto& v : vcpus_) {
+    if (!text.empty() && text.back() != '\n') text += '\n';
+    text += RegistersOf(*v);
+  }
+  return text;
 }
 
 void Machine::RunVcpu() {
   for (;;) {
-    absl::StatusOr<VcpuExit> exit = vcpu_->Run();
+    Vcpu* vcpu = vcpus_[0].get();
+    absl::StatusOr<VcpuExit> exit;
+    if (scheduler_) {
+      absl::StatusOr<VcpuScheduler::Exit> next = scheduler_->Run();
+      if (next.ok()) {
+        vcpu = next->vcpu;
+        exit = std::move(next->exit);
+      } else {
+        exit = next.status();
+      }
+    } else {
+      exit = vcpu->Run();
+    }
     if (first_exit_ns_.load(std::memory_order_relaxed) < 0) {
       first_exit_ns_.store(NanosSince(start_time_), std::memory_order_relaxed);
     }
@@ -157,14 +214,15 @@ void Machine::RunVcpu() {
     }
     const ExitAction action = HandleExit(*exit, bus_, counters_);
     if (action == ExitAction::kGuestFailed) {
-      absl::StatusOr<VcpuRegisters> regs = vcpu_->GetRegisters();
+      std::string registers = RegistersOf(*vcpu);
+      std::string why = exit->description.empty() ? ExitReasonName(exit->reason) : exit->description;
+      if (vcpus_.size() > 1) why = absl::StrCat("vcpu ", vcpu->index(), ": ", why);
       {
         absl::MutexLock lock(&mu_);
-        registers_ = regs.ok() ? FormatRegisters(*regs) : std::string(regs.status().message());
+        registers_ = std::move(registers);
       }
-      LOG(ERROR) << "vm " << config_.name << ": " << exit->description << "\n" << registers_;
-      Finish(MachineOutcome::kGuestFailed,
-             exit->description.empty() ? ExitReasonName(exit->reason) : exit->description);
+      LOG(ERROR) << "vm " << config_.name << ": " << why << "\n" << registers_;
+      Finish(MachineOutcome::kGuestFailed, std::move(why));
       break;
     }
     if (debug_exit_->exit_code().has_value()) {
@@ -180,9 +238,9 @@ void Machine::RunVcpu() {
         why = failure_;
       }
       if (outcome == MachineOutcome::kTimedOut || outcome == MachineOutcome::kGuestFailed) {
-        absl::StatusOr<VcpuRegisters> regs = vcpu_->GetRegisters();
+        std::string registers = AllRegisters();
         absl::MutexLock lock(&mu_);
-        registers_ = regs.ok() ? FormatRegisters(*regs) : std::string(regs.status().message());
+        registers_ = std::move(registers);
       }
       Finish(outcome, std::move(why));
       break;
@@ -190,7 +248,9 @@ void Machine::RunVcpu() {
     if (action == ExitAction::kHalted) {
       // No in-kernel APIC would wake us: a halted guest with interrupts off
       // is stuck. With the in-kernel irqchip KVM never exits for HLT.
-      Finish(MachineOutcome::kGuestFailed, "guest halted with no interrupt source");
+      Finish(MachineOutcome::kGuestFailed, exit->description.empty()
+                                               ? "guest halted with no interrupt source"
+                                               : absl::StrCat("guest halted: ", exit->description));
       break;
     }
   }
@@ -228,7 +288,27 @@ MachineResult Machine::Wait() {
   }
   r.resident_frames = resident;
   if (absl::StatusOr<BackendStats> s = vm_->Stats(); s.ok()) r.vm_stats = std::move(*s);
-  if (absl::StatusOr<BackendStats> s = vcpu_->Stats(); s.ok()) r.vcpu_stats = std::move(*s);
+  if (vcpus_.size() == 1) {
+    if (absl::StatusOr<BackendStats> s = vcpus_[0]->Stats(); s.ok()) r.vcpu_stats = std::move(*s);
+  } else {
+    // Totals first (in the first vCPU's order), then each vCPU's own.
+    BackendStats per_vcpu;
+    for (const auto& v : vcpus_) {
+      absl::StatusOr<BackendStats> s = v->Stats();
+      if (!s.ok()) continue;
+      for (const base::CounterValue& c : *s) {
+        auto it = std::find_if(r.vcpu_stats.begin(), r.vcpu_stats.end(),
+                               [&](const base::CounterValue& t) { return t.name == c.name; });
+        if (it == r.vcpu_stats.end()) {
+          r.vcpu_stats.push_back(c);
+        } else {
+          it->value += c.value;
+        }
+        per_vcpu.push_back({absl::StrCat("vcpu", v->index(), ".", c.name), c.value});
+      }
+    }
+    r.vcpu_stats.insert(r.vcpu_stats.end(), per_vcpu.begin(), per_vcpu.end());
+  }
   r.console_tail = serial_->Tail();
   return r;
 }

@@ -1,7 +1,12 @@
 // Machine: one running VM. It owns the VM's guest RAM (FrameTable over the
-// shared FramePool), its backend Vm and vCPU, its device bus (serial,
+// shared FramePool), its backend Vm and vCPUs, its device bus (serial,
 // debug-exit, results, paravirtual memory doorbell) and its vCPU thread, and
 // produces a MachineResult when the guest exits, fails or times out.
+//
+// One vCPU runs on the thread through Vcpu::Run(). Several (VmConfig::vcpus,
+// soft backend) run on the same one thread through the backend's
+// VcpuScheduler, round-robin; every exit, whichever vCPU it comes from, goes
+// through the same exit handler, and a vCPU's failure stops this VM only.
 //
 // Lifecycle: Create() builds everything and loads the guest, or fails with a
 // clear status and leaves nothing behind (no thread, no file beyond the
@@ -64,6 +69,8 @@ struct MachineResult {
   uint64_t ram_bytes = 0;
   uint64_t resident_frames = 0;  // measured in the frame pool, not counted
   BackendStats vm_stats;
+  // With several vCPUs: each counter summed over them, then every vCPU's own
+  // as "vcpu<i>.<name>".
   BackendStats vcpu_stats;
   std::string console_tail;
 
@@ -102,13 +109,18 @@ class Machine {
   absl::Status Init();
   void RunVcpu();
   void Finish(MachineOutcome outcome, std::string why);
+  // A register dump of `vcpu`, or of every vCPU (each line group headed by
+  // its index when there are several).
+  std::string RegistersOf(Vcpu& vcpu);
+  std::string AllRegisters();
 
   VmConfig config_;
   MachineEnv env_;
   std::string cmdline_;
   std::unique_ptr<FrameTable> memory_;
   std::unique_ptr<Vm> vm_;
-  std::unique_ptr<Vcpu> vcpu_;
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;
+  std::unique_ptr<VcpuScheduler> scheduler_;  // with more than one vCPU; goes first
   IoBus bus_;
   std::shared_ptr<Serial> serial_;
   std::shared_ptr<DebugExit> debug_exit_;

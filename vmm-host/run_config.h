@@ -26,6 +26,9 @@ struct VmConfig {
   // guest memory access on `soft` goes through it. Ignored on kvm.
   std::string paging = "native";
   uint64_t ram_bytes = uint64_t{64} << 20;
+  // More than 1 only on the soft backend (round-robin on the VM's thread)
+  // with a kernel that expects the secondary vCPUs (our guest kernel is
+  // uniprocessor): each starts at the kernel's entry with RDI = its index.
   int vcpus = 1;
   std::string workload = "mix";
   std::string workload_args;  // "key=value ..." for the workload
@@ -43,6 +46,10 @@ struct RunConfig {
   // The soft backend's modelled CPU frequency in kHz: one guest instruction
   // is one cycle of it (docs/cpu.md, "Time").
   uint64_t soft_cpu_khz = 1'000'000;
+  // The soft backend's turn length when a VM has several vCPUs: guest
+  // instructions each vCPU runs per round-robin turn (docs/cpu.md,
+  // "Scheduling").
+  uint64_t soft_slice = 100'000;
 };
 
 // Parses "64M", "1G", "4096K", "1048576" (bytes) into bytes.

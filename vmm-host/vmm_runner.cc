@@ -66,6 +66,7 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
       SoftOptions options;
       options.paging = vm.paging;
       options.cpu_khz = config.soft_cpu_khz;
+      options.slice = config.soft_slice;
       ASSIGN_OR_RETURN(hypervisors[key], SoftHypervisor::Create(options));
     }
   }
