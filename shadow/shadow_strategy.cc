@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "base/check.h"
+#include "base/log.h"
 #include "mmu/guest_phys_walk.h"
 #include "mmu/walker.h"
 
@@ -140,6 +141,7 @@ TranslateResult ShadowStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
     {
       absl::MutexLock lock(&mu_);
       if (attempt == 0) counters_.Inc(ShadowCounters::kTranslations);
+      if (audit_pending_) AuditIfEnabled(vcpu);
       result = TranslateLocked(vcpu, req, out, &need, &flush);
       ApplyFlush(&vcpu, flush);
     }
@@ -668,8 +670,19 @@ void ShadowStrategy::SyncPage(ShadowPage* sp, Flush* flush) {
 
 void ShadowStrategy::SyncAll(VcpuMmu& vcpu, Flush* flush) {
   while (!unsync_pages_.empty()) SyncPage(unsync_pages_.back(), flush);
-  if (options_.audit_on_resync && audit_failure_.ok()) {
-    if (absl::Status s = AuditLocked(vcpu); !s.ok()) audit_failure_ = s;
+  AuditIfEnabled(vcpu);
+}
+
+void ShadowStrategy::AuditIfEnabled(VcpuMmu& vcpu) {
+  if (!options_.audit_on_resync) return;
+  audit_pending_ = false;
+  counters_.Inc(ShadowCounters::kAudits);
+  if (absl::Status s = AuditLocked(vcpu); !s.ok()) {
+    counters_.Inc(ShadowCounters::kAuditFailures);
+    if (audit_failure_.ok()) {
+      LOG(ERROR) << s;
+      audit_failure_ = s;
+    }
   }
 }
 
@@ -753,6 +766,7 @@ void ShadowStrategy::DropGfns(base::Gfn first, uint64_t count, mmu::GfnChange ch
   absl::MutexLock lock(&mu_);
   counters_.Inc(ShadowCounters::kInvalidations);
   counters_.Add(ShadowCounters::kInvalidatedGfns, count);
+  audit_pending_ = options_.audit_on_resync;
   Flush flush;  // every vCPU's soft TLB is flushed by the base class
   auto drop = [&](uint64_t gfn) {
     auto it = rmap_.find(gfn);

@@ -95,7 +95,9 @@ namespace shadow {
   X(RmapZaps, rmap_zaps)               /* sptes zapped by invalidations */           \
   X(WriteProtects, write_protects)     /* sptes made read-only to shadow a table */  \
   X(RemoteFlushes, remote_flushes)     /* flushes posted to other vCPUs */           \
-  X(WalkRefs, walk_refs)               /* guest entries read by shadow faults */
+  X(WalkRefs, walk_refs)               /* guest entries read by shadow faults */     \
+  X(Audits, audits)                    /* with Options::audit_on_resync */           \
+  X(AuditFailures, audit_failures)
 BASE_DEFINE_COUNTERS(ShadowCounters, SHADOW_COUNTERS);
 
 class ShadowStrategy final : public mmu::PagingStrategy {
@@ -113,7 +115,9 @@ class ShadowStrategy final : public mmu::PagingStrategy {
     // Let leaf tables go out of sync (KVM's default). Off: every write to a
     // shadowed table traps.
     bool unsync = true;
-    // Run Audit at every resync and store the first failure (tests).
+    // Run Audit at every resync, and at the first miss or event after each
+    // FrameTable invalidation; count failures and keep the first (tests and
+    // --shadow_audit runs).
     bool audit_on_resync = false;
   };
   static constexpr uint32_t kMaxVcpus = 1024;
@@ -213,6 +217,9 @@ class ShadowStrategy final : public mmu::PagingStrategy {
   void SyncPage(ShadowPage* sp, Flush* flush) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SyncAll(mmu::VcpuMmu& vcpu, Flush* flush) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseRoots(VcpuRoots& roots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // With Options::audit_on_resync: audits the vCPU's tables, counting and
+  // logging a failure and keeping the first.
+  void AuditIfEnabled(mmu::VcpuMmu& vcpu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Applies `flush` to the caller's soft TLB, and posts it to the other
   // vCPUs when more than one is attached.
@@ -237,6 +244,7 @@ class ShadowStrategy final : public mmu::PagingStrategy {
   std::vector<VcpuRoots> roots_ ABSL_GUARDED_BY(mu_);
   uint32_t attached_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status audit_failure_ ABSL_GUARDED_BY(mu_);
+  bool audit_pending_ ABSL_GUARDED_BY(mu_) = false;  // an invalidation since the last audit
   ShadowCounters counters_;  // written under mu_
 };
 
