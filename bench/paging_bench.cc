@@ -1,0 +1,219 @@
+// The paging-strategy matrix of the soft backend: each workload runs under
+// each strategy (`vmm run --backend soft --paging <s>`, one VM, one vCPU),
+// and the table gives host wall time (median over --runs), its ratio to
+// native, the exits the strategy would take on hardware, and the strategy's
+// own counters. Every run must give the same guest results as native (the
+// checksums and counts the guest reports; on soft even elapsed_ns, which
+// counts instructions), or the bench fails.
+//
+//   paging_bench [--runs=3] [--strategies=native,shadow]
+//                [--workloads=ptchurn,memtouch4k,tlbstress,compute,mix]
+//
+// Wall time is host seconds around vmm::RunVms, boot included (the same for
+// every strategy); the detail rows give the guest-side figures. Native is
+// the "bare metal" reference and takes no exits. Timings on shared machines
+// are noisy: medians and ratios only, never tests.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "base/log.h"
+#include "vmm-host/run_config.h"
+#include "vmm-host/vmm_runner.h"
+
+ABSL_FLAG(int, runs, 3, "repetitions per cell (medians are printed)");
+ABSL_FLAG(std::string, strategies, "native,shadow", "paging strategies, the first is the reference");
+ABSL_FLAG(std::string, workloads, "ptchurn,memtouch4k,tlbstress,compute,mix",
+          "rows: ptchurn, memtouch4k, tlbstress, compute, mix");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Case {
+  const char* row;
+  const char* workload;
+  const char* args;
+  uint32_t memory_mib;
+};
+
+constexpr Case kCases[] = {
+    {"ptchurn", "ptchurn", "ptchurn.iters=800 ptchurn.pages=64 ptchurn.procs=3", 128},
+    {"memtouch4k", "memtouch", "memtouch.mib=64 memtouch.stride=4096 memtouch.passes=128", 256},
+    {"tlbstress", "tlbstress", "tlbstress.mib=64 tlbstress.passes=128", 256},
+    {"compute", "compute", "compute.iters=20000000", 128},
+    {"mix", "mix", "", 128},
+};
+
+// The counters the table shows, by strategy-independent meaning.
+constexpr const char* kShownCounters[] = {
+    "translations", "shadow_hits", "pf_fixed", "pf_guest", "emulated_writes", "mmu_pte_write",
+    "mmu_unsync", "mmu_resync", "mmu_flooded", "mmu_shadow_zapped", "mmu_recycled",
+    "mmu_cache_miss", "roots_reused", "cr3_writes", "invlpg", "tlb_fills", "walk_refs", "exits"};
+
+struct Sample {
+  double wall = 0;
+  std::vector<vmm::GuestResult> results;
+  std::map<std::string, uint64_t> counters;  // "<counter>" without the strategy prefix
+};
+
+std::optional<Sample> Run(const std::filesystem::path& dir, const Case& c,
+                          const std::string& paging, std::string* error) {
+  vmm::RunConfig config;
+  config.log_dir = (dir / "logs").string();
+  config.report_path = (dir / "report.json").string();
+  config.echo_console = false;
+  vmm::VmConfig vm;
+  vm.name = c.row;
+  vm.backend = "soft";
+  vm.paging = paging;
+  vm.workload = c.workload;
+  vm.workload_args = c.args;
+  vm.ram_bytes = uint64_t{c.memory_mib} << 20;
+  vm.timeout_seconds = 3600;
+  config.vms.push_back(vm);
+  const auto t0 = Clock::now();
+  absl::StatusOr<vmm::RunOutcome> run = vmm::RunVms(config);
+  const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!run.ok()) {
+    *error = std::string(run.status().message());
+    return std::nullopt;
+  }
+  const vmm::MachineResult& r = run->vms[0];
+  if (!r.ok()) {
+    *error = absl::StrCat(vmm::MachineOutcomeName(r.outcome), ": ", r.failure);
+    return std::nullopt;
+  }
+  Sample s;
+  s.wall = wall;
+  s.results = r.results;
+  const std::string prefix = paging + ".";
+  for (const base::CounterValue& v : r.vm_stats) {
+    if (v.name.rfind(prefix, 0) == 0) s.counters[v.name.substr(prefix.size())] = v.value;
+  }
+  return s;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? NAN : n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+std::string Count(const std::map<std::string, uint64_t>& m, const char* name) {
+  auto it = m.find(name);
+  return it == m.end() ? "-" : std::to_string(it->second);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  base::SetMinLogSeverity(base::LogSeverity::kWarning);
+  const int runs = std::max(1, absl::GetFlag(FLAGS_runs));
+  std::vector<std::string> strategies =
+      absl::StrSplit(absl::GetFlag(FLAGS_strategies), ',', absl::SkipEmpty());
+  std::vector<const Case*> cases;
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_workloads), ',', absl::SkipEmpty())) {
+    auto it = std::find_if(std::begin(kCases), std::end(kCases),
+                           [&](const Case& c) { return name == c.row; });
+    if (it == std::end(kCases)) {
+      std::fprintf(stderr, "paging_bench: unknown workload row '%s'\n", std::string(name).c_str());
+      return 2;
+    }
+    cases.push_back(&*it);
+  }
+  if (strategies.empty() || cases.empty()) {
+    std::fprintf(stderr, "paging_bench: nothing to run\n");
+    return 2;
+  }
+
+  const auto dir = std::filesystem::temp_directory_path() / absl::StrCat("paging_bench_", getpid());
+  std::filesystem::create_directories(dir);
+  const auto t0 = Clock::now();
+  std::printf("soft backend, one VM, one vCPU; host wall seconds around the whole run (boot\n"
+              "included), median of %d; ratio = wall / %s's wall\n\n",
+              runs, strategies[0].c_str());
+
+  bool failed = false;
+  // [case][strategy] -> walls, last sample
+  std::vector<std::vector<std::vector<double>>> walls(
+      cases.size(), std::vector<std::vector<double>>(strategies.size()));
+  std::vector<std::vector<Sample>> last(cases.size(), std::vector<Sample>(strategies.size()));
+  std::vector<std::vector<std::string>> errors(cases.size(),
+                                               std::vector<std::string>(strategies.size()));
+  for (int r = 0; r < runs; ++r) {
+    for (size_t i = 0; i < cases.size(); ++i) {
+      for (size_t s = 0; s < strategies.size(); ++s) {
+        std::string err;
+        std::optional<Sample> sample = Run(dir, *cases[i], strategies[s], &err);
+        if (!sample) {
+          if (errors[i][s].empty()) errors[i][s] = err;
+          failed = true;
+          continue;
+        }
+        walls[i][s].push_back(sample->wall);
+        last[i][s] = std::move(*sample);
+      }
+    }
+    std::fprintf(stderr, "paging_bench: repetition %d/%d done (%.0f s)\n", r + 1, runs,
+                 std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::filesystem::remove_all(dir);
+
+  std::printf("%-11s %-8s %9s %7s %10s   %s\n", "workload", "paging", "wall s", "ratio", "exits",
+              "results vs reference");
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const double ref = Median(walls[i][0]);
+    for (size_t s = 0; s < strategies.size(); ++s) {
+      if (!errors[i][s].empty()) {
+        std::printf("%-11s %-8s failed: %s\n", cases[i]->row, strategies[s].c_str(),
+                    errors[i][s].c_str());
+        continue;
+      }
+      const double w = Median(walls[i][s]);
+      std::string same = "reference";
+      if (s > 0) {
+        same = last[i][s].results == last[i][0].results ? "identical" : "DIFFERENT";
+        if (same != "identical") failed = true;
+      }
+      std::printf("%-11s %-8s %9.3f %7.3f %10s   %s\n", cases[i]->row, strategies[s].c_str(), w,
+                  w / ref, Count(last[i][s].counters, "exits").c_str(), same.c_str());
+    }
+  }
+
+  std::printf("\nstrategy counters (last repetition; '-' = the strategy has no such counter)\n");
+  std::printf("%-18s", "counter");
+  for (size_t i = 0; i < cases.size(); ++i) {
+    for (size_t s = 0; s < strategies.size(); ++s) {
+      std::printf(" %12s", absl::StrCat(cases[i]->row, "/", strategies[s].substr(0, 3)).c_str());
+    }
+  }
+  std::printf("\n");
+  for (const char* name : kShownCounters) {
+    std::printf("%-18s", name);
+    for (size_t i = 0; i < cases.size(); ++i) {
+      for (size_t s = 0; s < strategies.size(); ++s) {
+        std::printf(" %12s", Count(last[i][s].counters, name).c_str());
+      }
+    }
+    std::printf("\n");
+  }
+  std::printf("\ntotal bench time %.1f s\n",
+              std::chrono::duration<double>(Clock::now() - t0).count());
+  return failed ? 1 : 0;
+}
