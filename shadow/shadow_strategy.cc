@@ -336,10 +336,8 @@ TranslateResult ShadowStrategy::ShadowFault(VcpuMmu& vcpu, const AccessRequest& 
     acc = Combine(acc, r.entry[level]);
     Role role = RoleFor(vcpu.mode, level - 1);
     role.access = acc;
-    bool created;
-    ShadowPage* child = GetPage(r.entry_gpa[level - 1] >> base::kPageShift, role, flush, &created);
-    Link(sp, mmu::LevelIndex(req.va, level), child, flush);
-    sp = child;
+    sp = ChildFor(sp, mmu::LevelIndex(req.va, level), r.entry_gpa[level - 1] >> base::kPageShift,
+                  role, flush);
     Touch(sp);
     sp->write_flooding = 0;
   }
@@ -357,10 +355,7 @@ TranslateResult ShadowStrategy::ShadowFault(VcpuMmu& vcpu, const AccessRequest& 
       role.large_level = static_cast<uint8_t>(r.leaf_level);
       role.pkey = r.prot_key;
       const uint64_t piece = r.gpa & ~(mmu::LevelPageSize(level) - 1);
-      bool created;
-      ShadowPage* child = GetPage(piece >> base::kPageShift, role, flush, &created);
-      Link(sp, mmu::LevelIndex(req.va, level), child, flush);
-      sp = child;
+      sp = ChildFor(sp, mmu::LevelIndex(req.va, level), piece >> base::kPageShift, role, flush);
       Touch(sp);
     }
   } else {
@@ -452,6 +447,11 @@ ShadowPage* ShadowStrategy::GetPage(uint64_t gfn, const Role& role, Flush* flush
   if (auto it = pages_by_gfn_.find(gfn); it != pages_by_gfn_.end()) {
     for (ShadowPage* sp : it->second) {
       if (sp->role == role) {
+        // An out-of-sync page is being linked into a path again (the guest
+        // may have freed the table and reused its page as a new table,
+        // rewriting it without traps): bring it in sync first, as KVM's
+        // kvm_mmu_get_page does, or the new path would use stale sptes.
+        if (sp->unsync) SyncPage(sp, flush);
         *created = false;
         return sp;
       }
@@ -502,6 +502,21 @@ void ShadowStrategy::RecycleIfFull(Flush* flush) {
     counters_.Inc(ShadowCounters::kMmuRecycled);
     ZapPage(victim, flush);
   }
+}
+
+ShadowPage* ShadowStrategy::ChildFor(ShadowPage* parent, int index, uint64_t gfn, const Role& role,
+                                     Flush* flush) {
+  // An existing link is followed as is (the hardware part of a walk); only a
+  // new link looks the page up, and so may resync it (GetPage).
+  const uint64_t e = parent->spt[index];
+  if (e & spte::kPresent) {
+    ShadowPage* child = ShadowPage::Child(e);
+    if (child->gfn == gfn && child->role == role) return child;
+  }
+  bool created;
+  ShadowPage* child = GetPage(gfn, role, flush, &created);
+  Link(parent, index, child, flush);
+  return child;
 }
 
 void ShadowStrategy::Link(ShadowPage* parent, int index, ShadowPage* child, Flush* flush) {
@@ -762,7 +777,8 @@ void ShadowStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush /*scope*/) noexcept
 // ---------------------------------------------------------------------------
 // FrameTable invalidation.
 
-void ShadowStrategy::DropGfns(base::Gfn first, uint64_t count, mmu::GfnChange change) noexcept {
+void ShadowStrategy::DropGfns(base::Gfn first, uint64_t count,
+                              mmu::GfnChange /*change*/) noexcept {
   absl::MutexLock lock(&mu_);
   counters_.Inc(ShadowCounters::kInvalidations);
   counters_.Add(ShadowCounters::kInvalidatedGfns, count);
@@ -771,10 +787,11 @@ void ShadowStrategy::DropGfns(base::Gfn first, uint64_t count, mmu::GfnChange ch
   auto drop = [&](uint64_t gfn) {
     auto it = rmap_.find(gfn);
     if (it == rmap_.end()) return;
-    if (change == mmu::GfnChange::kWriteProtect) {
-      for (uint64_t* e : it->second) *e &= ~spte::kHostWritable;
-      return;
-    }
+    // kWriteProtect is zapped too, not just made read-only: sharing moves
+    // the gfn to another frame (FrameTable::ShareReadOnly maps the shared
+    // pool frame and punches the old one; the fake gives a separate copy),
+    // so a read-only spte kept on the old frame would read freed memory
+    // (found by the conformance suite's Share of a mapped gfn).
     // kBacking: the frame goes. kHarvest: the sptes' A/D state was reported
     // by NoteAccess when they were built; dropping them makes the next
     // access report again.
@@ -853,6 +870,12 @@ absl::Status ShadowStrategy::AuditTree(VcpuMmu& vcpu, const ShadowPage* sp, uint
                                        int level) {
   mmu::GuestPhysMemory& mem = memory();
   const auto* table = reinterpret_cast<const uint64_t*>(mem.HostPage(sp->gfn, false));
+  // A guest table that is not resident now (a FrameTable backing change
+  // evicted it) cannot be read without MakeAvailable, which Audit must not
+  // call. Backing changes keep a page's contents, and the shadow page was
+  // built from them, so it stays valid: there is just nothing to compare
+  // with here (found by the conformance suite's evictions of table gfns).
+  if (table == nullptr && !sp->role.direct) return absl::OkStatus();
   for (int i = 0; i < kEntries; ++i) {
     const uint64_t e = sp->spt[i];
     if (!(e & spte::kPresent)) continue;
@@ -886,8 +909,16 @@ absl::Status ShadowStrategy::AuditTree(VcpuMmu& vcpu, const ShadowPage* sp, uint
     req.va = gva;
     req.access = Access::kRead;
     req.rflags_ac = true;  // SMAP is checked at each access, not cached
+    // So are protection keys (Allows, from the spte's key and the current
+    // PKRU): a supervisor read of a user page whose key denies access is a
+    // #PF(PK) although the spte is right for fetches (found by the
+    // conformance suite with CR4.PKE set).
+    mmu::PagingMode walk_mode = vcpu.mode;
+    walk_mode.pke = false;
     WalkResult r;
-    const WalkStatus status = mmu::DryRunWalk(vcpu.mode, vcpu.cr3, req, mem, &r);
+    const WalkStatus status = mmu::DryRunWalk(walk_mode, vcpu.cr3, req, mem, &r);
+    // A table on the path is not resident: as above, nothing to compare with.
+    if (status == WalkStatus::kBadTableAddress) continue;
     const uint64_t gfn = sp->TargetGfn(i);
     uint8_t* host = mem.HostPage(gfn, false);
     const bool rights_ok = status == WalkStatus::kOk && ((e & spte::kWritable) != 0) == r.writable &&

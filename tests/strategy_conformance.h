@@ -25,6 +25,16 @@
 //      walk allows, to the same host page, with no A/D update skipped. And
 //      the strategy's own Audit() agrees.
 //
+// Tracked writes. A strategy that write-protects guest tables (shadow) sees a
+// guest's table edits only when the guest makes them through the MMU: a
+// Translate for a write (or a soft-TLB write hit), then the store into the
+// host page. With StrategyFactory::tracked_writes the harness adds an alias
+// mapping of the table pages to every scenario (supervisor, read/write, in a
+// root slot no scenario address uses, with its own tables just above the
+// scenario's) and makes every entry edit such a store through it, as a guest
+// kernel edits its tables. Without it, edits are written straight into guest
+// memory (GuestWrite64), which native may see like any walk.
+//
 // MMU_PROPERTY_SEED=<n> replays one seed.
 //
 // Thread safety: single-threaded tests.
@@ -32,6 +42,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <random>
@@ -54,6 +65,9 @@ struct StrategyFactory {
   std::function<std::unique_ptr<PagingStrategy>(GuestPhysMemory* mem, uint32_t max_vcpus)> make;
   // Whether the strategy sets guest A/D bits exactly when the reference does.
   bool compares_memory = true;
+  // Guest table edits must be guest stores through the MMU (see the file
+  // comment): the strategy caches guest tables and tracks writes to them.
+  bool tracked_writes = false;
 };
 
 inline void PrintTo(const StrategyFactory& f, std::ostream* os) { *os << f.name; }
@@ -65,9 +79,13 @@ class StrategyHarness {
   static constexpr uint64_t kRamPages = 48;        // gfns [0, 48) are RAM
   static constexpr uint64_t kTablePages = 32;      // tables come from gfns [1, 32)
   static constexpr uint64_t kDataPages = 64;       // data targets in gfns [0, 64)
+  // With tracked writes: the alias mapping's own tables (up to 4, for 5
+  // levels) in gfns [kAliasTables, kAliasTables + 4), kept RAM.
+  static constexpr uint64_t kAliasTables = kTablePages;
+  static constexpr uint64_t kAliasTableCount = 4;
 
   explicit StrategyHarness(const StrategyFactory& factory)
-      : flat_(kRamPages << base::kPageShift), mem_(flat_) {
+      : flat_(kRamPages << base::kPageShift), mem_(flat_), tracked_(factory.tracked_writes) {
     auto s = factory.make(&mem_, 1);
     strategy_ = std::move(s);
     vcpu_.tlb = &tlb_;
@@ -86,6 +104,71 @@ class StrategyHarness {
 
   FlatMemory& flat() { return flat_; }
   FakeGuestPhysMemory& mem() { return mem_; }
+  bool tracked() const { return tracked_; }
+  uint64_t tracked_stores() const { return tracked_stores_; }
+
+  static bool IsAliasTable(uint64_t gfn) {
+    return gfn >= kAliasTables && gfn < kAliasTables + kAliasTableCount;
+  }
+  // Whether the entry at `epa` belongs to the alias mapping (which edits
+  // must leave alone).
+  bool OnAliasPath(uint64_t epa) const {
+    return tracked_ && (IsAliasTable(epa >> base::kPageShift) || epa == alias_slot_epa_);
+  }
+
+  // With tracked writes: maps every RAM page g at alias_base + g * 4 KiB
+  // (supervisor, read/write, A and D set) through a free slot of the root
+  // table at `cr3` that none of `vas` uses. Quiet writes: call it while
+  // building, before the strategy sees the tables.
+  void AddAlias(const PagingMode& mode, uint64_t cr3, const std::vector<uint64_t>& vas) {
+    if (!tracked_) return;
+    const uint64_t root = cr3 & ~uint64_t{0xfff};
+    uint64_t slot = 1;
+    for (;; ++slot) {
+      CHECK_LT(slot, 256u);
+      bool used = flat_.Read64(root + slot * 8) != 0;
+      for (uint64_t va : vas) used |= LevelIndex(va, mode.levels) == slot;
+      if (!used) break;
+    }
+    alias_slot_epa_ = root + slot * 8;
+    alias_base_ = slot << LevelShift(mode.levels);
+    constexpr uint64_t kTable = pte::kPresent | pte::kWritable | pte::kAccessed;
+    uint64_t epa = alias_slot_epa_;
+    uint64_t table = kAliasTables;
+    for (int level = mode.levels; level > 1; --level, ++table) {
+      flat_.Write64(epa, (table << base::kPageShift) | kTable);
+      epa = table << base::kPageShift;  // index 0 at every lower level
+    }
+    for (uint64_t g = 0; g < kRamPages; ++g) {
+      flat_.Write64(epa + g * 8, (g << base::kPageShift) | kTable | pte::kDirty);
+    }
+  }
+
+  // A guest store of 8 bytes at `gpa`. With tracked writes, as the CPU makes
+  // it at CPL 0 through the alias: a soft-TLB write hit stores through the
+  // hit pointer, a miss asks Translate and stores through out.host_page.
+  // Returns false (and stores nothing) if the store could not be made.
+  bool GuestStore64(uint64_t gpa, uint64_t value) {
+    if (!tracked_) {
+      mem_.GuestWrite64(gpa, value);
+      return true;
+    }
+    const uint64_t va = alias_base_ + gpa;
+    uint8_t* p = tlb_.Lookup<Access::kWrite>(SoftTlb::MmuIdx::kSupervisor, va, 8);
+    if (p == nullptr) {
+      AccessRequest req;
+      req.va = va;
+      req.access = Access::kWrite;
+      req.cpl = 0;
+      TranslateOutcome out;
+      const TranslateResult r = strategy_->Translate(vcpu_, req, &out);
+      if (r != TranslateResult::kFixed || out.gpa != gpa) return false;
+      p = out.host_page + (va & base::kPageMask);
+    }
+    std::memcpy(p, &value, sizeof(value));
+    ++tracked_stores_;
+    return true;
+  }
   PagingStrategy& strategy() { return *strategy_; }
   VcpuMmu& vcpu() { return vcpu_; }
   SoftTlb& tlb() { return tlb_; }
@@ -105,6 +188,10 @@ class StrategyHarness {
  private:
   FlatMemory flat_;
   FakeGuestPhysMemory mem_;
+  const bool tracked_;
+  uint64_t alias_base_ = 0;
+  uint64_t alias_slot_epa_ = ~uint64_t{0};
+  uint64_t tracked_stores_ = 0;
   SoftTlb tlb_;
   VcpuMmu vcpu_;
   std::unique_ptr<PagingStrategy> strategy_;
@@ -223,18 +310,21 @@ class StrategyConformanceTest : public ::testing::TestWithParam<StrategyFactory>
   }
 
   // Backing states for data-only gfns (never for table gfns below
-  // kTablePages, which must stay RAM for the reference to agree), and
-  // shared / non-resident states for any RAM gfn.
-  static void RandomBacking(Rng& rng, FakeGuestPhysMemory& mem) {
+  // kTablePages, which must stay RAM for the reference to agree, nor for the
+  // alias tables of tracked writes), and shared / non-resident states for
+  // any RAM gfn.
+  static void RandomBacking(Rng& rng, FakeGuestPhysMemory& mem, bool tracked = false) {
     for (uint64_t g = 0; g < mem.num_gfns(); ++g) {
       const int r = static_cast<int>(rng() % 100);
+      const bool data_only =
+          g >= StrategyHarness::kTablePages && !(tracked && StrategyHarness::IsAliasTable(g));
       if (r < 10) {
         mem.SetStateQuietly(g, FakeGuestPhysMemory::State::kShared);
       } else if (r < 15) {
         mem.SetStateQuietly(g, FakeGuestPhysMemory::State::kNotResident);
-      } else if (g >= StrategyHarness::kTablePages && r < 20) {
+      } else if (data_only && r < 20) {
         mem.SetStateQuietly(g, FakeGuestPhysMemory::State::kMmio);
-      } else if (g >= StrategyHarness::kTablePages && r < 21) {
+      } else if (data_only && r < 21) {
         mem.SetStateQuietly(g, FakeGuestPhysMemory::State::kBroken);
       }
     }
@@ -369,7 +459,8 @@ TEST_P(StrategyConformanceTest, RandomTablesAgreeWithReferenceWalker) {
     Rng rng(seed);
     StrategyHarness h(GetParam());
     const Scenario s = Build(rng, h.flat());
-    RandomBacking(rng, h.mem());
+    h.AddAlias(s.mode, s.cr3, s.vas);
+    RandomBacking(rng, h.mem(), h.tracked());
     h.vcpu().mode = s.mode;
     h.vcpu().cr3 = s.cr3;
     h.strategy().OnCr3Write(h.vcpu(), 0, false);
@@ -392,12 +483,14 @@ TEST_P(StrategyConformanceTest, RandomTablesAgreeWithReferenceWalker) {
 TEST_P(StrategyConformanceTest, SoftTlbHitsStayCorrectAcrossEditsFlushesAndBackingChanges) {
   int stats[4] = {};
   int edits = 0, backing_changes = 0, hits_checked = 0;
+  uint64_t tracked_stores = 0;
   for (int i = 0; i < kScenarios; ++i) {
     const uint64_t seed = SeedFor(i, 12);
     Rng rng(seed);
     StrategyHarness h(GetParam());
     Scenario s = Build(rng, h.flat());
-    RandomBacking(rng, h.mem());
+    h.AddAlias(s.mode, s.cr3, s.vas);
+    RandomBacking(rng, h.mem(), h.tracked());
     h.vcpu().mode = s.mode;
     h.vcpu().cr3 = s.cr3;
     h.strategy().OnCr3Write(h.vcpu(), 0, false);
@@ -419,6 +512,7 @@ TEST_P(StrategyConformanceTest, SoftTlbHitsStayCorrectAcrossEditsFlushesAndBacki
         if (path.empty()) continue;
         const bool leaf = Chance(rng, 70);
         const uint64_t epa = leaf ? path.back() : path[rng() % path.size()];
+        if (h.OnAliasPath(epa)) continue;  // a scenario path reached the alias tables
         uint64_t e = h.flat().Read64(epa);
         static constexpr uint64_t kBits[] = {pte::kPresent, pte::kWritable, pte::kUser,
                                              pte::kAccessed, pte::kDirty, pte::kNoExecute};
@@ -427,7 +521,7 @@ TEST_P(StrategyConformanceTest, SoftTlbHitsStayCorrectAcrossEditsFlushesAndBacki
           e = (e & ~pte::kAddrMask52) |
               ((rng() % StrategyHarness::kDataPages) << base::kPageShift);  // retarget
         }
-        h.mem().GuestWrite64(epa, e);
+        ASSERT_TRUE(h.GuestStore64(epa, e)) << "the guest's table edit did not go through";
         ++edits;
         if (Chance(rng, 20)) {
           h.strategy().OnCr3Write(h.vcpu(), h.vcpu().cr3, false);
@@ -472,11 +566,15 @@ TEST_P(StrategyConformanceTest, SoftTlbHitsStayCorrectAcrossEditsFlushesAndBacki
       const absl::Status audit = h.strategy().Audit(h.vcpu());
       ASSERT_TRUE(audit.ok()) << audit;
     }
+    tracked_stores += h.tracked_stores();
   }
   EXPECT_GT(stats[0], kScenarios / 4) << "soft-TLB hits";
   EXPECT_GT(hits_checked, kScenarios * 10) << "hits checked against the reference";
   EXPECT_GT(edits, kScenarios);
   EXPECT_GT(backing_changes, kScenarios / 2);
+  if (GetParam().tracked_writes) {
+    EXPECT_EQ(tracked_stores, static_cast<uint64_t>(edits)) << "edits made as guest stores";
+  }
   std::printf("%s: hits %d mmio %d fixed %d #PF %d edits %d backing changes %d hits checked %d\n",
               GetParam().name.c_str(), stats[0], stats[1], stats[2], stats[3], edits,
               backing_changes, hits_checked);
