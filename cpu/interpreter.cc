@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -16,7 +17,13 @@ using mmu::TranslateResult;
 
 namespace {
 
-constexpr uint32_t kMaxTranslateRetries = 16;
+// A translation answers kRetry while a FrameTable verb changes a backing
+// (BackingSeq odd). The verb waits for this vCPU to sync its soft TLB, so a
+// retry syncs first; after a few quick ones it yields to the verb's thread.
+// The bound only turns a host that never finishes its verb into a reported
+// host error instead of a hang.
+constexpr uint32_t kQuickTranslateRetries = 16;
+constexpr uint32_t kMaxTranslateRetries = 100'000;
 constexpr uint32_t kMaxUnimplementedLogs = 16;
 
 uint64_t SignExtendDyn(uint64_t v, unsigned size) noexcept {
@@ -150,6 +157,9 @@ mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
     const TranslateResult r = strategy_.Translate(vcpu_, req, &out);
     if ((r == TranslateResult::kRetry || r == TranslateResult::kSpurious) &&
         attempt < kMaxTranslateRetries) {
+      counters_.Inc(InterpreterCounters::kTranslateRetries);
+      strategy_.SyncInvalidations(vcpu_);
+      if (attempt >= kQuickTranslateRetries) std::this_thread::yield();
       continue;
     }
     if (r == TranslateResult::kFixed) {

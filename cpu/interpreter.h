@@ -74,6 +74,7 @@ namespace cpu {
   X(BlockCacheMisses, block_cache_misses)                                         \
   X(CrossPageInsns, cross_page_insns) /* decoded singly across a page end */      \
   X(TlbMisses, tlb_misses)            /* Translate calls */                       \
+  X(TranslateRetries, translate_retries) /* kRetry/kSpurious answers retried */   \
   X(Ud, ud)                           /* #UD raised, UD2 included */              \
   X(Unimplemented, unimplemented)     /* #UD for a decoded op we do not run */    \
   X(Mmio, mmio)                                                                   \

@@ -196,6 +196,10 @@ class ShadowStrategy final : public mmu::PagingStrategy {
   Role RoleFor(const mmu::PagingMode& mode, int level) const;
   ShadowPage* GetPage(uint64_t gfn, const Role& role, Flush* flush, bool* created)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The child page for entry `index` of `parent`: the linked one if it
+  // shadows `gfn` with `role`, else found or created and linked.
+  ShadowPage* ChildFor(ShadowPage* parent, int index, uint64_t gfn, const Role& role, Flush* flush)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Link(ShadowPage* parent, int index, ShadowPage* child, Flush* flush)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetLeaf(ShadowPage* sp, int index, uint64_t spte, uint64_t gpte, Flush* flush)

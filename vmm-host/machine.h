@@ -104,6 +104,10 @@ class Machine {
   bool finished() const { return finished_.load(std::memory_order_acquire); }
   MachineResult Wait();
 
+  // The VM's guest-physical memory: where memory policies (and tests) apply
+  // FrameTable verbs while the VM runs. Valid until the Machine is destroyed.
+  FrameTable& memory() { return *memory_; }
+
  private:
   Machine(VmConfig config, MachineEnv env);
   absl::Status Init();

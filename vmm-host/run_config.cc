@@ -147,6 +147,9 @@ absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text) {
         return FieldError(key, "expected a positive integer (guest instructions)");
       }
       config.soft_slice = v.get<uint64_t>();
+    } else if (key == "shadow_audit") {
+      if (!v.is_boolean()) return FieldError(key, "expected true or false");
+      config.shadow_audit = v.get<bool>();
     } else if (key == "vms") {
       if (!v.is_array()) return FieldError(key, "expected an array of VM objects");
       for (size_t i = 0; i < v.size(); ++i) {

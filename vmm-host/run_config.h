@@ -50,6 +50,10 @@ struct RunConfig {
   // instructions each vCPU runs per round-robin turn (docs/cpu.md,
   // "Scheduling").
   uint64_t soft_slice = 100'000;
+  // Shadow paging: check the shadow tables against the guest's at every
+  // resync and after every FrameTable invalidation (slow; for debugging and
+  // tests). Failures count as shadow.audit_failures (docs/shadow.md).
+  bool shadow_audit = false;
 };
 
 // Parses "64M", "1G", "4096K", "1048576" (bytes) into bytes.

@@ -35,15 +35,18 @@ constexpr absl::Duration kIdleWait = absl::Milliseconds(2);
 class SoftVm;
 
 // The strategies --paging accepts.
-absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> MakePagingStrategy(const std::string& name,
+absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> MakePagingStrategy(const SoftOptions& options,
                                                                         FrameTable* memory,
                                                                         uint32_t max_vcpus) {
+  const std::string& name = options.paging;
   if (name == "native") {
     ASSIGN_OR_RETURN(auto s, cpu::NativeStrategy::Create(memory, {.max_vcpus = max_vcpus}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
   if (name == "shadow") {
-    ASSIGN_OR_RETURN(auto s, shadow::ShadowStrategy::Create(memory, {.max_vcpus = max_vcpus}));
+    ASSIGN_OR_RETURN(auto s, shadow::ShadowStrategy::Create(
+                                 memory, {.max_vcpus = max_vcpus,
+                                          .audit_on_resync = options.shadow_audit}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
   return absl::InvalidArgumentError(absl::StrCat("soft: unknown paging strategy \"", name, "\""));
@@ -168,7 +171,7 @@ class SoftVm final : public Vm {
   }
 
   absl::Status Init() {
-    ASSIGN_OR_RETURN(strategy_, MakePagingStrategy(options_.paging, memory_, kMaxVcpus));
+    ASSIGN_OR_RETURN(strategy_, MakePagingStrategy(options_, memory_, kMaxVcpus));
     listener_ = std::make_unique<StrategyInvalidationListener>(strategy_.get(), [this] {
       absl::MutexLock lock(&mu_);
       for (SoftVcpu* v : vcpus_) v->Kick();

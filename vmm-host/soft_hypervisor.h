@@ -59,6 +59,8 @@ struct SoftOptions {
   // up to guest time (r + 1) * slice. It sets the interleaving, so unlike
   // `quantum` it is guest-visible; a run stays deterministic for any value.
   uint64_t slice = 100'000;
+  // Shadow paging only: ShadowStrategy::Options::audit_on_resync.
+  bool shadow_audit = false;
 };
 
 class SoftHypervisor final : public Hypervisor {

@@ -27,6 +27,8 @@ ABSL_FLAG(uint64_t, soft_cpu_khz, 1000000,
           "soft backend: modelled CPU frequency in kHz (one instruction per cycle)");
 ABSL_FLAG(uint64_t, soft_slice, 100000,
           "soft backend: guest instructions per vCPU turn when a VM has several vCPUs");
+ABSL_FLAG(bool, shadow_audit, false,
+          "soft backend, --paging=shadow: audit the shadow tables at every resync (slow)");
 ABSL_FLAG(std::string, ram, "64M", "guest RAM per VM, e.g. 64M or 1G");
 ABSL_FLAG(int, vcpus, 1, "vCPUs per VM");
 ABSL_FLAG(int, count, 3, "number of identical VMs (without --config)");
@@ -112,6 +114,7 @@ absl::StatusOr<vmm::RunConfig> BuildConfig() {
   if (all || Specified("echo_console")) config.echo_console = absl::GetFlag(FLAGS_echo_console);
   if (all || Specified("soft_cpu_khz")) config.soft_cpu_khz = absl::GetFlag(FLAGS_soft_cpu_khz);
   if (all || Specified("soft_slice")) config.soft_slice = absl::GetFlag(FLAGS_soft_slice);
+  if (all || Specified("shadow_audit")) config.shadow_audit = absl::GetFlag(FLAGS_shadow_audit);
   return config;
 }
 

@@ -67,6 +67,7 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
       options.paging = vm.paging;
       options.cpu_khz = config.soft_cpu_khz;
       options.slice = config.soft_slice;
+      options.shadow_audit = config.shadow_audit;
       ASSIGN_OR_RETURN(hypervisors[key], SoftHypervisor::Create(options));
     }
   }
