@@ -36,10 +36,13 @@ struct Role {
   uint8_t level = 0;     // 1..5: the level of the guest table shadowed
   bool direct = false;   // shadows a piece of a guest large page
   // Combined rights of the guest entries above this page: R/W and U/S ANDed,
-  // XD ORed (kAcc* bits). A direct page's include the large leaf's, with W
-  // only once its D bit is set: a clean large page and a dirty one never
-  // share sptes, so the first write through each walks and sets D.
+  // XD ORed (kAcc* bits). A direct page's include the large leaf's.
   uint8_t access = 0;
+  // For a direct page: the large leaf's D bit. A clean large page and a
+  // dirty one never share sptes, so the first write through each walks and
+  // sets D. (Folding D into W instead let a clean writable page share a
+  // dirty read-only one's host-writable sptes.)
+  bool dirty = false;
   // For a direct page: the level of the guest large page (2 or 3).
   uint8_t large_level = 0;
   // For a direct page: the large page's protection key.
@@ -59,7 +62,7 @@ struct Role {
     return uint32_t{level} | uint32_t{direct} << 4 | uint32_t{access} << 5 |
            uint32_t{large_level} << 8 | uint32_t{cr0_wp} << 12 | uint32_t{smep} << 13 |
            uint32_t{smap} << 14 | uint32_t{nxe} << 15 | uint32_t{la57} << 16 |
-           uint32_t{pkey} << 17;
+           uint32_t{pkey} << 17 | uint32_t{dirty} << 21;
   }
   bool operator==(const Role& o) const { return Pack() == o.Pack(); }
 };

@@ -324,7 +324,7 @@ TranslateResult ShadowStrategy::ShadowFault(VcpuMmu& vcpu, const AccessRequest& 
 
   // A write to a shadowed guest table: let its leaf pages go out of sync, or
   // emulate the write (zap what it changes, after building).
-  const bool emulate = write && WriteProtected(gfn) && !TryUnsync(gfn);
+  bool emulate = write && WriteProtected(gfn) && !TryUnsync(gfn);
 
   // Build the shadow path: one page per guest table, keyed by its gfn and
   // the role (the rights combined above it).
@@ -347,11 +347,15 @@ TranslateResult ShadowStrategy::ShadowFault(VcpuMmu& vcpu, const AccessRequest& 
     // each covering the piece of the large page that holds the gva.
     const uint64_t leaf = r.entry[r.leaf_level];
     acc = Combine(acc, leaf);
-    if (!(leaf & pte::kDirty)) acc &= ~Role::kAccWrite;
     for (int level = r.leaf_level; level > 1; --level) {
       Role role = RoleFor(vcpu.mode, level - 1);
       role.direct = true;
       role.access = acc;
+      // The leaf's D bit is part of the role (it used to be folded into W,
+      // which let a clean writable large page share the sptes of a dirty
+      // read-only one: host-writable sptes that skip setting D under
+      // CR0.WP = 0; found by the differential test).
+      role.dirty = (leaf & pte::kDirty) != 0;
       role.large_level = static_cast<uint8_t>(r.leaf_level);
       role.pkey = r.prot_key;
       const uint64_t piece = r.gpa & ~(mmu::LevelPageSize(level) - 1);
@@ -361,6 +365,13 @@ TranslateResult ShadowStrategy::ShadowFault(VcpuMmu& vcpu, const AccessRequest& 
   } else {
     gpte = r.entry[1];
   }
+
+  // Building may have shadowed the written gfn itself (a table that maps
+  // itself, e.g. through the recursive slot, written while unshadowed or out
+  // of sync): the store must then be emulated too, or it lands unseen in a
+  // table that is now shadowed from its old contents (KVM's
+  // write_fault_to_shadow_pgtable; found by the differential test).
+  if (write && !emulate && WriteProtected(gfn)) emulate = !TryUnsync(gfn);
 
   // The leaf. Writable without a trap only when the guest D bit is set (so
   // the first write to a clean page walks and sets it), the frame is
@@ -515,6 +526,15 @@ ShadowPage* ShadowStrategy::ChildFor(ShadowPage* parent, int index, uint64_t gfn
   }
   bool created;
   ShadowPage* child = GetPage(gfn, role, flush, &created);
+  // Relinking an existing upper-level page brings back its whole subtree,
+  // whose out-of-sync leaves missed the INVLPGs the guest issued while it
+  // was unreachable from the root: resync them first (KVM syncs a page's
+  // unsync children before it re-enters the guest). Found by the
+  // differential test (a PML4 entry rewritten, INVLPG of a changed PTE, the
+  // old PDPT linked again with the stale PTE).
+  if (!created && child->role.level > 1 && !child->role.direct) {
+    while (!unsync_pages_.empty()) SyncPage(unsync_pages_.back(), flush);
+  }
   Link(parent, index, child, flush);
   return child;
 }
