@@ -104,6 +104,14 @@ class SoftVcpu final : public Vcpu, public cpu::CpuPlatform {
   // When this vCPU can next run: now if it is not halted, its next timer
   // event if it is halted with interrupts on, else UINT64_MAX.
   uint64_t WakeCycle() const;
+  // A halted vCPU's clock idles forward to `cycle` (no earlier than its
+  // next timer event, which the caller guarantees).
+  void IdleTo(uint64_t cycle) {
+    if (!halted_ || Cycles() >= cycle) return;
+    counters_.Inc(SoftVcpuCounters::kIdleSkips);
+    counters_.Add(SoftVcpuCounters::kIdleSkippedCycles, cycle - Cycles());
+    state_.idle_cycles += cycle - Cycles();
+  }
 
   // cpu::CpuPlatform.
   cpu::IoStatus PortIn(uint16_t port, uint8_t size, uint32_t* data) noexcept override;
@@ -645,7 +653,13 @@ class SoftScheduler final : public VcpuScheduler {
       // event, on the same grid.
       counters.Inc(SoftSchedCounters::kRounds);
       const uint64_t rounds = (wake > horizon_ ? (wake - horizon_) / slice_ : 0) + 1;
-      if (rounds > 1) counters.Add(SoftSchedCounters::kIdleJumps, rounds - 1);
+      if (rounds > 1) {
+        // Every clock starts the round together: the halted vCPUs idle
+        // through the skipped rounds now, not only when their turn comes.
+        counters.Add(SoftSchedCounters::kIdleJumps, rounds - 1);
+        const uint64_t start = horizon_ + (rounds - 1) * slice_;
+        for (SoftVcpu* w : vcpus_) w->IdleTo(start);
+      }
       horizon_ += rounds * slice_;
     }
   }
