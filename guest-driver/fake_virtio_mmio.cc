@@ -281,6 +281,7 @@ bool FakeVirtioMmioDevice::PopAvail(int qi, FakeChain* chain) {
   }
   uint16_t* slot = Ring<uint16_t>(qi, q.driver_gpa, 4 + 2 * uint64_t{q.last_avail % q.num});
   if (slot == nullptr) return false;
+  chain->queue = qi;
   ++q.last_avail;
   if (driver_features & feature::kEventIdx) SetAvailEvent(qi, q.last_avail);
   chain->head = *slot;

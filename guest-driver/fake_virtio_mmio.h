@@ -63,6 +63,7 @@ struct FakeDesc {
 
 struct FakeChain {
   uint16_t head;
+  int queue = -1;  // Which queue it came from.
   std::vector<FakeDesc> descs;
 };
 
@@ -180,8 +181,9 @@ class FakeEnv final : public VirtioEnv {
 // Everything a test needs: guest RAM, the fake device, the environment and the
 // driver's transport object over them.
 struct FakeRig {
-  explicit FakeRig(uint32_t id = device_id::kBalloon, uint64_t features = feature::kVersion1)
-      : dev(mem, id, features), env(mem, dev), transport(env, FakeEnv::kMmioBase, FakeEnv::kRegionBytes) {}
+  explicit FakeRig(uint32_t id = device_id::kBalloon, uint64_t features = feature::kVersion1,
+                   size_t num_pages = 1024)
+      : mem(num_pages), dev(mem, id, features), env(mem, dev), transport(env, FakeEnv::kMmioBase, FakeEnv::kRegionBytes) {}
 
   // Probe, Begin, NegotiateFeatures(driver_features), SetupQueue for each queue in
   // `queues` (with `size`), DriverOk. Returns the first failure.
@@ -191,7 +193,7 @@ struct FakeRig {
   // Driver spec violations seen by the device and by the environment.
   std::vector<std::string> Violations() const;
 
-  FakeGuestMemory mem{1024};
+  FakeGuestMemory mem;
   FakeVirtioMmioDevice dev;
   FakeEnv env;
   VirtioMmioDevice transport;
