@@ -47,9 +47,15 @@ struct PageAlignedAllocator {
   template <typename U>
   PageAlignedAllocator(const PageAlignedAllocator<U>&) {}  // NOLINT: rebinding
   T* allocate(size_t n) {
-    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{base::kPageSize}));
+    return static_cast<T*>(::operator new(n * sizeof(T), Alignment(n)));
   }
-  void deallocate(T* p, size_t /*n*/) { ::operator delete(p, std::align_val_t{base::kPageSize}); }
+  void deallocate(T* p, size_t n) { ::operator delete(p, Alignment(n)); }
+  // 2 MiB for memories of 2 MiB or more, as hugepage-backed guest RAM is
+  // aligned (so tests can model 2 MiB mappings); 4 KiB otherwise.
+  static std::align_val_t Alignment(size_t n) {
+    constexpr size_t kLarge = size_t{2} << 20;
+    return std::align_val_t{n * sizeof(T) >= kLarge ? kLarge : base::kPageSize};
+  }
   template <typename U>
   bool operator==(const PageAlignedAllocator<U>&) const { return true; }
 };

@@ -259,6 +259,12 @@ void Machine::RunVcpu() {
 
 MachineResult Machine::Wait() {
   if (thread_.joinable()) thread_.join();
+  return Collect();
+}
+
+MachineResult Machine::Snapshot() { return Collect(); }
+
+MachineResult Machine::Collect() {
   MachineResult r;
   r.name = config_.name;
   r.backend = std::string(env_.hypervisor->name());

@@ -103,6 +103,10 @@ class Machine {
   void Stop(MachineOutcome outcome, std::string why);
   bool finished() const { return finished_.load(std::memory_order_acquire); }
   MachineResult Wait();
+  // What Wait() would report, taken now from any thread while the VM runs
+  // (the control interface): counters are read as they are at that moment;
+  // the outcome stays kStopped until the VM finished.
+  MachineResult Snapshot();
 
   // The VM's guest-physical memory: where memory policies (and tests) apply
   // FrameTable verbs while the VM runs. Valid until the Machine is destroyed.
@@ -113,6 +117,7 @@ class Machine {
   absl::Status Init();
   void RunVcpu();
   void Finish(MachineOutcome outcome, std::string why);
+  MachineResult Collect();
   // A register dump of `vcpu`, or of every vCPU (each line group headed by
   // its index when there are several).
   std::string RegistersOf(Vcpu& vcpu);

@@ -46,33 +46,7 @@ std::string RenderReport(const HostReport& host, const std::vector<MachineResult
   Json failed = Json::array();
   for (size_t i = 0; i < vms.size(); ++i) {
     const MachineResult& r = vms[i];
-    Json v;
-    v["name"] = r.name;
-    v["ok"] = r.ok();
-    v["outcome"] = MachineOutcomeName(r.outcome);
-    if (r.exit_code) v["exit_code"] = *r.exit_code; else v["exit_code"] = nullptr;
-    if (!r.failure.empty()) v["failure"] = r.failure;
-    if (!r.registers.empty()) v["registers"] = r.registers;
-    v["cmdline"] = i < cmdlines.size() ? cmdlines[i] : "";
-    v["wall_seconds"] = r.wall_seconds;
-    v["seconds_to_first_exit"] = r.seconds_to_first_exit;
-    v["seconds_to_workload_start"] = r.seconds_to_workload_start;
-    Json mem;
-    mem["guest_ram_bytes"] = r.ram_bytes;
-    mem["resident_frames"] = r.resident_frames;
-    v["memory"] = mem;
-    v["exits"] = CountersJson(r.exits);
-    v["bus"] = CountersJson(r.bus);
-    Json results = Json::object();
-    for (const GuestResult& g : r.results) results[g.name] = g.value;
-    v["results"] = results;
-    v["backend"] = r.backend;
-    v["paging_mode"] = r.paging_mode;
-    // The backend's own statistics: KVM's binary stats, or the soft CPU's,
-    // LAPIC's and paging strategy's counters.
-    v[r.backend + "_vm_stats"] = StatsJson(r.vm_stats);
-    v[r.backend + "_vcpu_stats"] = StatsJson(r.vcpu_stats);
-    list.push_back(std::move(v));
+    list.push_back(VmReportJson(r, i < cmdlines.size() ? cmdlines[i] : ""));
     if (r.ok()) {
       ++ok;
     } else {
@@ -86,6 +60,36 @@ std::string RenderReport(const HostReport& host, const std::vector<MachineResult
   summary["failed"] = std::move(failed);
   root["summary"] = std::move(summary);
   return root.dump(2) + "\n";
+}
+
+nlohmann::ordered_json VmReportJson(const MachineResult& r, const std::string& cmdline) {
+  Json v;
+  v["name"] = r.name;
+  v["ok"] = r.ok();
+  v["outcome"] = MachineOutcomeName(r.outcome);
+  if (r.exit_code) v["exit_code"] = *r.exit_code; else v["exit_code"] = nullptr;
+  if (!r.failure.empty()) v["failure"] = r.failure;
+  if (!r.registers.empty()) v["registers"] = r.registers;
+  v["cmdline"] = cmdline;
+  v["wall_seconds"] = r.wall_seconds;
+  v["seconds_to_first_exit"] = r.seconds_to_first_exit;
+  v["seconds_to_workload_start"] = r.seconds_to_workload_start;
+  Json mem;
+  mem["guest_ram_bytes"] = r.ram_bytes;
+  mem["resident_frames"] = r.resident_frames;
+  v["memory"] = mem;
+  v["exits"] = CountersJson(r.exits);
+  v["bus"] = CountersJson(r.bus);
+  Json results = Json::object();
+  for (const GuestResult& g : r.results) results[g.name] = g.value;
+  v["results"] = results;
+  v["backend"] = r.backend;
+  v["paging_mode"] = r.paging_mode;
+  // The backend's own statistics: KVM's binary stats, or the soft CPU's,
+  // LAPIC's and paging strategy's counters.
+  v[r.backend + "_vm_stats"] = StatsJson(r.vm_stats);
+  v[r.backend + "_vcpu_stats"] = StatsJson(r.vcpu_stats);
+  return v;
 }
 
 absl::Status WriteReport(const std::string& path, const std::string& json) {

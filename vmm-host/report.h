@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "nlohmann/json.hpp"
 #include "vmm-host/machine.h"
 
 namespace vmm {
@@ -24,6 +25,10 @@ struct HostReport {
 // Renders the report as pretty-printed JSON.
 std::string RenderReport(const HostReport& host, const std::vector<MachineResult>& vms,
                          const std::vector<std::string>& cmdlines);
+
+// One VM's object in the report's "vms" array (also the control
+// interface's "stats" answer).
+nlohmann::ordered_json VmReportJson(const MachineResult& r, const std::string& cmdline);
 
 // Writes it to `path` (atomically: a temporary file renamed into place).
 absl::Status WriteReport(const std::string& path, const std::string& json);

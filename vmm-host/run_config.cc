@@ -147,6 +147,8 @@ absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text) {
         return FieldError(key, "expected a positive integer (guest instructions)");
       }
       config.soft_slice = v.get<uint64_t>();
+    } else if (key == "control_socket") {
+      ASSIGN_OR_RETURN(config.control_socket, StringField(v, key));
     } else if (key == "shadow_audit") {
       if (!v.is_boolean()) return FieldError(key, "expected true or false");
       config.shadow_audit = v.get<bool>();

@@ -54,6 +54,9 @@ struct RunConfig {
   // resync and after every FrameTable invalidation (slow; for debugging and
   // tests). Failures count as shadow.audit_failures (docs/shadow.md).
   bool shadow_audit = false;
+  // The control interface's Unix socket (docs/vmm.md, "Control interface"):
+  // "" means <log_dir>/control.sock, "off" means none.
+  std::string control_socket;
 };
 
 // Parses "64M", "1G", "4096K", "1048576" (bytes) into bytes.

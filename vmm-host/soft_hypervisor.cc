@@ -16,6 +16,7 @@
 #include "cpu/ioapic.h"
 #include "cpu/lapic.h"
 #include "cpu/native_strategy.h"
+#include "nested/nested_strategy.h"
 #include "shadow/shadow_strategy.h"
 #include "mmu/soft_tlb.h"
 #include "vmm-host/frame_table.h"
@@ -47,6 +48,10 @@ absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> MakePagingStrategy(const So
     ASSIGN_OR_RETURN(auto s, shadow::ShadowStrategy::Create(
                                  memory, {.max_vcpus = max_vcpus,
                                           .audit_on_resync = options.shadow_audit}));
+    return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
+  }
+  if (name == "nested") {
+    ASSIGN_OR_RETURN(auto s, nested::NestedStrategy::Create(memory, {.max_vcpus = max_vcpus}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
   return absl::InvalidArgumentError(absl::StrCat("soft: unknown paging strategy \"", name, "\""));

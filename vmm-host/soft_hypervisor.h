@@ -36,9 +36,12 @@
 namespace vmm {
 
 // The paging strategies of the soft backend, as the CLI and configs name
-// them: "native" (cpu/native_strategy.h) and "shadow" (shadow/).
-inline constexpr char kPagingStrategies[] = "native, shadow";
-inline bool IsPagingStrategy(std::string_view name) { return name == "native" || name == "shadow"; }
+// them: "native" (cpu/native_strategy.h), "shadow" (shadow/) and "nested"
+// (nested/).
+inline constexpr char kPagingStrategies[] = "native, shadow, nested";
+inline bool IsPagingStrategy(std::string_view name) {
+  return name == "native" || name == "shadow" || name == "nested";
+}
 
 struct SoftOptions {
   // The paging strategy every VM of this hypervisor uses (IsPagingStrategy).

@@ -3,6 +3,7 @@
 //   vmm run                       a few guests running the mix workload
 //   vmm run --count=8 --workload=memtouch --workload_args="mib=8"
 //   vmm run --config=run.json --report=out.json
+//   vmm ctl list                  ask a running vmm (its control socket)
 //
 // Flags override the config file for every VM. See docs/vmm.md.
 #include <cstdio>
@@ -16,13 +17,14 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
+#include "vmm-host/control_server.h"
 #include "vmm-host/run_config.h"
 #include "vmm-host/vmm_runner.h"
 
 ABSL_FLAG(std::string, config, "", "JSON run config describing the VMs (docs/vmm.md)");
 ABSL_FLAG(std::string, backend, "kvm",
           "execution backend: kvm (/dev/kvm) or soft (our interpreter; every access through --paging)");
-ABSL_FLAG(std::string, paging, "native", "soft backend paging strategy: native or shadow");
+ABSL_FLAG(std::string, paging, "native", "soft backend paging strategy: native, shadow or nested");
 ABSL_FLAG(uint64_t, soft_cpu_khz, 1000000,
           "soft backend: modelled CPU frequency in kHz (one instruction per cycle)");
 ABSL_FLAG(uint64_t, soft_slice, 100000,
@@ -41,6 +43,10 @@ ABSL_FLAG(std::string, cmdline, "", "extra guest kernel command-line words");
 ABSL_FLAG(std::string, host_budget, "", "host memory budget for all guests (default: their total RAM)");
 ABSL_FLAG(std::string, report, "vmm-report.json", "where to write the JSON report");
 ABSL_FLAG(std::string, log_dir, "vmm-logs", "directory for per-VM serial logs");
+ABSL_FLAG(std::string, control_socket, "",
+          "vmm run: the control interface's Unix socket (default <log_dir>/control.sock; off: none)");
+ABSL_FLAG(std::string, socket, "vmm-logs/control.sock",
+          "vmm ctl: the control socket of the running vmm");
 ABSL_FLAG(std::string, kernel, "", "guest kernel ELF (default: the one built with this tree)");
 ABSL_FLAG(double, timeout, 120, "seconds a VM may run before it is stopped as hung");
 ABSL_FLAG(bool, echo_console, true, "print guest console lines to stdout with a [vm] prefix");
@@ -69,6 +75,46 @@ bool Specified(const std::string& name) { return GivenFlags().count(name) != 0; 
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "vmm: %s\n", std::string(status.message()).c_str());
   return 2;
+}
+
+// vmm ctl: one request to a running vmm's control interface, the answer on
+// stdout. Exit status 0 if it was answered ok, 1 if answered with an error,
+// 2 if it could not be asked.
+int Ctl(const std::vector<char*>& args) {
+  using Json = vmm::ControlServer::Json;
+  const std::string usage =
+      "usage: vmm ctl [--socket=PATH] list | stats VM | counters VM [PREFIX] | raw JSON";
+  if (args.size() < 3) {
+    std::fprintf(stderr, "vmm: %s\n", usage.c_str());
+    return 2;
+  }
+  const std::string what = args[2];
+  const size_t n = args.size() - 3;  // operands after the command
+  Json request;
+  if (what == "list" && n == 0) {
+    request = {{"cmd", "list"}};
+  } else if (what == "stats" && n == 1) {
+    request = {{"cmd", "stats"}, {"vm", args[3]}};
+  } else if (what == "counters" && (n == 1 || n == 2)) {
+    request = {{"cmd", "counters"}, {"vm", args[3]}};
+    if (n == 2) request["prefix"] = args[4];
+  } else if (what == "raw" && n == 1) {
+    request = Json::parse(args[3], nullptr, /*allow_exceptions=*/false);
+    if (request.is_discarded()) {
+      std::fprintf(stderr, "vmm: ctl raw: not JSON: %s\n", args[3]);
+      return 2;
+    }
+  } else {
+    std::fprintf(stderr, "vmm: %s\n", usage.c_str());
+    return 2;
+  }
+  absl::StatusOr<std::unique_ptr<vmm::ControlClient>> client =
+      vmm::ControlClient::Connect(absl::GetFlag(FLAGS_socket));
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<Json> answer = (*client)->Call(request);
+  if (!answer.ok()) return Fail(answer.status());
+  std::printf("%s\n", answer->dump(2, ' ', false, Json::error_handler_t::replace).c_str());
+  return answer->value("ok", false) ? 0 : 1;
 }
 
 absl::StatusOr<vmm::RunConfig> BuildConfig() {
@@ -115,6 +161,7 @@ absl::StatusOr<vmm::RunConfig> BuildConfig() {
   if (all || Specified("soft_cpu_khz")) config.soft_cpu_khz = absl::GetFlag(FLAGS_soft_cpu_khz);
   if (all || Specified("soft_slice")) config.soft_slice = absl::GetFlag(FLAGS_soft_slice);
   if (all || Specified("shadow_audit")) config.shadow_audit = absl::GetFlag(FLAGS_shadow_audit);
+  if (all || Specified("control_socket")) config.control_socket = absl::GetFlag(FLAGS_control_socket);
   return config;
 }
 
@@ -123,7 +170,9 @@ absl::StatusOr<vmm::RunConfig> BuildConfig() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "a hosted VMM with a pluggable memory manager.\n"
-      "  vmm run [flags]    run guests (no flags: a few guests running the mix workload)");
+      "  vmm run [flags]    run guests (no flags: a few guests running the mix workload)\n"
+      "  vmm ctl [--socket=PATH] list | stats VM | counters VM [PREFIX] | raw JSON\n"
+      "                     ask a running vmm (docs/vmm.md, \"Control interface\")");
   RecordGivenFlags(argc, argv);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
@@ -131,6 +180,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = args[1];
+  if (command == "ctl") return Ctl(args);
   if (command != "run") {
     std::fprintf(stderr, "vmm: unknown command '%s'; try: vmm run\n", command.c_str());
     return 2;

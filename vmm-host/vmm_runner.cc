@@ -11,6 +11,8 @@
 #include "absl/strings/str_join.h"
 #include "base/log.h"
 #include "base/status.h"
+#include "vmm-host/control_commands.h"
+#include "vmm-host/control_server.h"
 #include "vmm-host/frame_pool.h"
 #include "vmm-host/kvm_hypervisor.h"
 #include "vmm-host/report.h"
@@ -108,6 +110,18 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
     machines.push_back(*std::move(c));
   }
 
+  // The control interface, while the VMs run (docs/vmm.md).
+  std::unique_ptr<ControlServer> control;
+  if (config.control_socket != "off") {
+    const std::string path = config.control_socket.empty()
+                                 ? absl::StrCat(config.log_dir, "/control.sock")
+                                 : config.control_socket;
+    std::vector<Machine*> list;
+    for (auto& m : machines) list.push_back(m.get());
+    ASSIGN_OR_RETURN(control, ControlServer::Start(path, MakeControlHandler(std::move(list))));
+    LOG(INFO) << "control socket: " << path << " (vmm ctl --socket=" << path << " list)";
+  }
+
   const auto start = std::chrono::steady_clock::now();
   std::vector<double> start_offsets;
   for (auto& m : machines) {
@@ -165,6 +179,10 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
   }
   host.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   host.kernel_path = kernel;
+  if (control) {
+    outcome.control_socket = control->path();
+    control.reset();  // before the machines it answers for
+  }
   machines.clear();  // release every VM before the pool goes
   TRY(WriteReport(config.report_path, RenderReport(host, outcome.vms, cmdlines)));
   outcome.report_path = config.report_path;

@@ -25,6 +25,7 @@ struct RunOutcome {
   std::vector<double> start_offset_seconds;
   std::vector<std::string> failed;  // names of VMs that did not exit cleanly
   std::string report_path;
+  std::string control_socket;  // where the control interface listened ("" if off)
   // 0 when every VM exited with code 0, else 1.
   int exit_status() const { return failed.empty() ? 0 : 1; }
 };

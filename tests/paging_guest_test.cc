@@ -1,12 +1,13 @@
-// Shadow paging (shadow/) on the real guest image, on the soft backend:
-//   - every workload under --paging shadow computes exactly what it computes
-//     under native (every result, elapsed_ns included: on soft guest time
-//     counts instructions, and paging must not change one). soft_guest_test
-//     checks native against QEMU TCG and kvm, so shadow agrees with all
-//     three. The shadow tables are audited at every resync meanwhile;
+// The soft backend's paging strategies, shadow (shadow/) and nested
+// (nested/), on the real guest image:
+//   - every workload under each computes exactly what it computes under
+//     native (every result, elapsed_ns included: on soft guest time counts
+//     instructions, and paging must not change one). soft_guest_test checks
+//     native against QEMU TCG and kvm, so both agree with all three. Shadow
+//     tables are audited at every resync meanwhile;
 //   - FrameTable invalidations of random gfns (harvests, copy-on-write
-//     shares and their breaks) while a workload runs lose no data, and the
-//     audit after each finds the shadow tables exact.
+//     shares and their breaks) while a workload runs lose no data; under
+//     shadow the audit after each finds the shadow tables exact.
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -41,7 +43,7 @@ std::map<std::string, uint64_t> Stats(const BackendStats& stats) {
   return out;
 }
 
-class ShadowGuestTest : public ::testing::Test {
+class PagingGuestTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
@@ -49,7 +51,7 @@ class ShadowGuestTest : public ::testing::Test {
       if (c == '/') c = '_';
     }
     dir_ = std::filesystem::path(::testing::TempDir()) /
-           absl::StrCat("shadow_guest_test_", getpid(), "_", name);
+           absl::StrCat("paging_guest_test_", getpid(), "_", name);
     std::filesystem::create_directories(dir_);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
@@ -69,17 +71,19 @@ class ShadowGuestTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
-class ShadowWorkloadTest : public ShadowGuestTest,
-                           public ::testing::WithParamInterface<std::string> {};
+using StrategyAndWorkload = std::tuple<std::string, std::string>;
 
-TEST_P(ShadowWorkloadTest, ComputesWhatNativeComputesWithExactShadowTables) {
-  const std::string workload = GetParam();
+class StrategyWorkloadTest : public PagingGuestTest,
+                             public ::testing::WithParamInterface<StrategyAndWorkload> {};
+
+TEST_P(StrategyWorkloadTest, ComputesWhatNativeComputes) {
+  const auto& [strategy, workload] = GetParam();
   RunConfig config;
   config.log_dir = (dir_ / "logs").string();
   config.report_path = (dir_ / "report.json").string();
   config.shadow_audit = true;
   config.vms.push_back(Vm("native", "native", workload));
-  config.vms.push_back(Vm("shadow", "shadow", workload));
+  config.vms.push_back(Vm(strategy, strategy, workload));
   absl::StatusOr<RunOutcome> run = RunVms(config);
   ASSERT_TRUE(run.ok()) << run.status();
   ASSERT_EQ(run->vms.size(), 2u);
@@ -88,43 +92,58 @@ TEST_P(ShadowWorkloadTest, ComputesWhatNativeComputesWithExactShadowTables) {
                         << "\n" << r.registers << "\n" << r.console_tail;
   }
   const MachineResult& native = run->vms[0];
-  const MachineResult& shadow = run->vms[1];
-  EXPECT_EQ(shadow.paging_mode, "soft/shadow");
-  const std::map<std::string, uint64_t> data = vmm::testing::DataResults(shadow);
-  ASSERT_EQ(data.count(workload + ".checksum_ok"), 1u) << shadow.console_tail;
+  const MachineResult& other = run->vms[1];
+  EXPECT_EQ(other.paging_mode, "soft/" + strategy);
+  const std::map<std::string, uint64_t> data = vmm::testing::DataResults(other);
+  ASSERT_EQ(data.count(workload + ".checksum_ok"), 1u) << other.console_tail;
   EXPECT_EQ(data.at(workload + ".checksum_ok"), 1u);
   // Every result, timing ones included: the instruction streams are equal.
-  EXPECT_EQ(shadow.results, native.results);
-  EXPECT_EQ(Stats(shadow.vcpu_stats).at("cpu.instructions"),
+  EXPECT_EQ(other.results, native.results);
+  EXPECT_EQ(Stats(other.vcpu_stats).at("cpu.instructions"),
             Stats(native.vcpu_stats).at("cpu.instructions"));
 
-  const std::map<std::string, uint64_t> s = Stats(shadow.vm_stats);
-  EXPECT_GT(s.at("shadow.pf_fixed"), 0u);
-  EXPECT_GT(s.at("shadow.mmu_cache_miss"), 0u);
-  EXPECT_GT(s.at("shadow.audits"), 0u) << "the audit never ran";
-  EXPECT_EQ(s.at("shadow.audit_failures"), 0u) << "see the ERROR line in the log";
-  if (workload == "ptchurn" || workload == "mix") {
-    // Processes come and go: tables are written while shadowed.
-    EXPECT_GT(s.at("shadow.emulated_writes") + s.at("shadow.mmu_unsync"), 0u);
-    EXPECT_GT(s.at("shadow.mmu_resync"), 0u);
-    EXPECT_GT(s.at("shadow.roots_reused"), 0u);
+  const std::map<std::string, uint64_t> s = Stats(other.vm_stats);
+  if (strategy == "shadow") {
+    EXPECT_GT(s.at("shadow.pf_fixed"), 0u);
+    EXPECT_GT(s.at("shadow.mmu_cache_miss"), 0u);
+    EXPECT_GT(s.at("shadow.audits"), 0u) << "the audit never ran";
+    EXPECT_EQ(s.at("shadow.audit_failures"), 0u) << "see the ERROR line in the log";
+    if (workload == "ptchurn" || workload == "mix") {
+      // Processes come and go: tables are written while shadowed.
+      EXPECT_GT(s.at("shadow.emulated_writes") + s.at("shadow.mmu_unsync"), 0u);
+      EXPECT_GT(s.at("shadow.mmu_resync"), 0u);
+      EXPECT_GT(s.at("shadow.roots_reused"), 0u);
+    }
+  } else {
+    EXPECT_GT(s.at("nested.walks"), 0u);
+    EXPECT_GT(s.at("nested.ept_violation"), 0u);
+    EXPECT_GT(s.at("nested.ept_refs"), s.at("nested.guest_refs")) << "a 2-D walk reads more EPT entries";
+    EXPECT_EQ(s.at("nested.ept_misconfig"), 0u);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllWorkloads, ShadowWorkloadTest,
-                         ::testing::Values("compute", "memtouch", "ptchurn", "tlbstress",
-                                           "dedupfill", "idle", "mix"),
-                         [](const auto& param_info) { return param_info.param; });
+INSTANTIATE_TEST_SUITE_P(
+    AllWorkloads, StrategyWorkloadTest,
+    ::testing::Combine(::testing::Values("shadow", "nested"),
+                       ::testing::Values("compute", "memtouch", "ptchurn", "tlbstress",
+                                         "dedupfill", "idle", "mix")),
+    [](const auto& param_info) {
+      return std::get<0>(param_info.param) + "_" + std::get<1>(param_info.param);
+    });
 
 // A host thread changes the backing of random gfns while the guest runs:
 // Harvest (kHarvest: zap through the rmap), ShareReadOnly of a copy (kShare:
 // host-write removed), and the guest's next write breaks the share
 // (kBacking). Guest page tables are among the targets.
-TEST_F(ShadowGuestTest, InvalidationsDuringAWorkloadLoseNoData) {
+class InvalidationTest : public PagingGuestTest,
+                         public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(InvalidationTest, InvalidationsDuringAWorkloadLoseNoData) {
+  const std::string strategy = GetParam();
   absl::StatusOr<ElfImage> image = LoadElfFile(DefaultKernelPath());
   ASSERT_TRUE(image.ok()) << image.status();
   absl::StatusOr<std::unique_ptr<SoftHypervisor>> hv =
-      SoftHypervisor::Create({.paging = "shadow", .shadow_audit = true});
+      SoftHypervisor::Create({.paging = strategy, .shadow_audit = true});
   ASSERT_TRUE(hv.ok()) << hv.status();
   // Shared copies come from single frames of the pool: room for them.
   absl::StatusOr<std::unique_ptr<FramePool>> pool =
@@ -135,7 +154,7 @@ TEST_F(ShadowGuestTest, InvalidationsDuringAWorkloadLoseNoData) {
   env.pool = pool->get();
   env.image = &*image;
   env.log_dir = (dir_ / "logs").string();
-  VmConfig config = Vm("vm0", "shadow", "mix");
+  VmConfig config = Vm("vm0", strategy, "mix");
   absl::StatusOr<std::unique_ptr<Machine>> machine = Machine::Create(config, env);
   ASSERT_TRUE(machine.ok()) << machine.status();
   FrameTable& memory = (*machine)->memory();
@@ -176,16 +195,21 @@ TEST_F(ShadowGuestTest, InvalidationsDuringAWorkloadLoseNoData) {
   const std::map<std::string, uint64_t> s = Stats(r.vm_stats);
   EXPECT_GT(harvests, 20u);
   EXPECT_GT(shares, 20u);
-  EXPECT_GT(s.at("shadow.invalidations"), 40u);
-  EXPECT_GT(s.at("shadow.rmap_zaps"), 0u) << "no invalidation hit a mapped gfn";
-  EXPECT_GT(s.at("shadow.audits"), 0u);
-  EXPECT_EQ(s.at("shadow.audit_failures"), 0u) << "see the ERROR line in the log";
-  std::printf("harvests %llu shares %llu invalidations %llu rmap_zaps %llu audits %llu\n",
+  EXPECT_GT(s.at(strategy + ".invalidations"), 40u);
+  if (strategy == "shadow") {
+    EXPECT_GT(s.at("shadow.rmap_zaps"), 0u) << "no invalidation hit a mapped gfn";
+    EXPECT_GT(s.at("shadow.audits"), 0u);
+    EXPECT_EQ(s.at("shadow.audit_failures"), 0u) << "see the ERROR line in the log";
+  } else {
+    EXPECT_GT(s.at("nested.ept_clears"), 0u) << "no invalidation hit a mapped gfn";
+  }
+  std::printf("%s: harvests %llu shares %llu invalidations %llu\n", strategy.c_str(),
               static_cast<unsigned long long>(harvests), static_cast<unsigned long long>(shares),
-              static_cast<unsigned long long>(s.at("shadow.invalidations")),
-              static_cast<unsigned long long>(s.at("shadow.rmap_zaps")),
-              static_cast<unsigned long long>(s.at("shadow.audits")));
+              static_cast<unsigned long long>(s.at(strategy + ".invalidations")));
 }
+
+INSTANTIATE_TEST_SUITE_P(Strategies, InvalidationTest, ::testing::Values("shadow", "nested"),
+                         [](const auto& param_info) { return param_info.param; });
 
 }  // namespace
 }  // namespace vmm

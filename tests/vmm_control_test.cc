@@ -1,0 +1,107 @@
+// The control interface end to end: a real `vmm run` (soft backend, so no
+// KVM is needed) answers `vmm ctl` while its VMs run, and the socket is gone
+// once the run ends.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/run_command.h"
+
+namespace {
+
+using Json = nlohmann::json;
+
+class VmmControlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) / absl::StrCat("vmm_control_", getpid());
+    std::filesystem::create_directories(dir_);
+    socket_ = (dir_ / "c.sock").string();
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  vmm::testing::CommandResult Ctl(const std::string& args) {
+    return vmm::testing::RunCommand(absl::StrCat(VMM_BINARY, " ctl --socket=", socket_, " ", args));
+  }
+  static Json Parse(const std::string& out) {
+    Json j = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+    EXPECT_FALSE(j.is_discarded()) << out;
+    return j;
+  }
+
+  std::filesystem::path dir_;
+  std::string socket_;
+};
+
+TEST_F(VmmControlTest, CtlListsAndReadsRunningVmsAndNamesErrors) {
+  // Two soft VMs computing for a few seconds (longer under ASan).
+  const std::string run = absl::StrCat(
+      VMM_BINARY, " run --backend=soft --count=2 --workload=compute",
+      " --workload_args=iters=20000000 --echo_console=false --log_dir=", dir_.string(),
+      " --report=", (dir_ / "report.json").string(), " --control_socket=", socket_);
+  std::thread runner([&] {
+    const vmm::testing::CommandResult r = vmm::testing::RunCommand(run);
+    EXPECT_EQ(r.status, 0) << r.out;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!std::filesystem::exists(socket_) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(std::filesystem::exists(socket_)) << "vmm run never opened its control socket";
+
+  vmm::testing::CommandResult r = Ctl("list");
+  ASSERT_EQ(r.status, 0) << r.out;
+  Json j = Parse(r.out);
+  ASSERT_EQ(j["vms"].size(), 2u) << r.out;
+  EXPECT_EQ(j["vms"][0]["name"], "vm0");
+  EXPECT_EQ(j["vms"][1]["backend"], "soft");
+  EXPECT_EQ(j["vms"][1]["paging_mode"], "soft/native");
+
+  r = Ctl("stats vm1");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = Parse(r.out);
+  EXPECT_EQ(j["vm"], "vm1");
+  EXPECT_EQ(j["stats"]["backend"], "soft");
+  EXPECT_EQ(j["stats"]["memory"]["guest_ram_bytes"], 64u << 20);
+  EXPECT_TRUE(j["stats"]["soft_vm_stats"].contains("native.translations")) << r.out;
+
+  // Counters move while the guest runs (unless it already finished).
+  r = Ctl("counters vm0 vcpu.cpu.instructions");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = Parse(r.out);
+  ASSERT_EQ(j["counters"].size(), 1u) << r.out;
+  const uint64_t first = j["counters"]["vcpu.cpu.instructions"].get<uint64_t>();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  r = Ctl("counters vm0 vcpu.cpu.instructions");
+  j = Parse(r.out);
+  const uint64_t second = j["counters"]["vcpu.cpu.instructions"].get<uint64_t>();
+  if (j["counters"].size() == 1 && Parse(Ctl("list").out)["vms"][0]["state"] == "running") {
+    EXPECT_GT(second, first);
+  }
+  EXPECT_GE(second, first);
+
+  r = Ctl("stats nosuch");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("unknown VM 'nosuch'"), std::string::npos) << r.out;
+  r = Ctl("raw '{\"cmd\": \"reboot\"}'");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("unknown command 'reboot'"), std::string::npos) << r.out;
+  r = Ctl("frobnicate");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("usage: vmm ctl"), std::string::npos) << r.out;
+
+  runner.join();
+  EXPECT_FALSE(std::filesystem::exists(socket_)) << "the socket outlived the run";
+  r = Ctl("list");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("is a vmm running?"), std::string::npos) << r.out;
+}
+
+}  // namespace
