@@ -6,7 +6,7 @@
 // checksums and counts the guest reports; on soft even elapsed_ns, which
 // counts instructions), or the bench fails.
 //
-//   paging_bench [--runs=3] [--strategies=native,shadow]
+//   paging_bench [--runs=3] [--strategies=native,shadow,nested]
 //                [--workloads=ptchurn,memtouch4k,tlbstress,compute,mix]
 //
 // Wall time is host seconds around vmm::RunVms, boot included (the same for
@@ -36,7 +36,8 @@
 #include "vmm-host/vmm_runner.h"
 
 ABSL_FLAG(int, runs, 3, "repetitions per cell (medians are printed)");
-ABSL_FLAG(std::string, strategies, "native,shadow", "paging strategies, the first is the reference");
+ABSL_FLAG(std::string, strategies, "native,shadow,nested",
+          "paging strategies, the first is the reference");
 ABSL_FLAG(std::string, workloads, "ptchurn,memtouch4k,tlbstress,compute,mix",
           "rows: ptchurn, memtouch4k, tlbstress, compute, mix");
 
@@ -63,7 +64,9 @@ constexpr Case kCases[] = {
 constexpr const char* kShownCounters[] = {
     "translations", "shadow_hits", "pf_fixed", "pf_guest", "emulated_writes", "mmu_pte_write",
     "mmu_unsync", "mmu_resync", "mmu_flooded", "mmu_shadow_zapped", "mmu_recycled",
-    "mmu_cache_miss", "roots_reused", "cr3_writes", "invlpg", "tlb_fills", "walk_refs", "exits"};
+    "mmu_cache_miss", "roots_reused", "cr3_writes", "invlpg", "tlb_fills", "walk_refs",
+    "guest_refs", "ept_refs", "ept_violation", "ept_large_installs", "ept_splits", "guest_faults",
+    "exits"};
 
 struct Sample {
   double wall = 0;
