@@ -60,7 +60,22 @@ inline constexpr uint64_t kProtWrite = 2;
 // Wait status: exit code in bits 7..0, or kWaitKilled | vector for a process
 // the kernel killed on an unhandled fault.
 inline constexpr uint32_t kWaitKilled = 0x100;
-enum MemInfoWhich : uint64_t { kMemTotalPages = 0, kMemFreePages = 1, kMemUsedPages = 2 };
+enum MemInfoWhich : uint64_t {
+  kMemTotalPages = 0,
+  kMemFreePages = 1,
+  kMemUsedPages = 2,
+  // virtio-balloon (0 without a balloon device): pages in the balloon as told
+  // to the device (`actual`), the device's target (num_pages), and the running
+  // totals of pages inflated, deflated, deflated on out-of-memory and reported
+  // free.
+  kMemBalloonPages = 3,
+  kMemBalloonTargetPages = 4,
+  kMemBalloonInflated = 5,
+  kMemBalloonDeflated = 6,
+  kMemBalloonOomDeflated = 7,
+  kMemBalloonReportedPages = 8,
+  kMemMinorFaults = 9,  // user page faults resolved by the kernel
+};
 
 // ---- User address-space layout (lower canonical half) ----
 inline constexpr uint64_t kUserInfoVa = 0x200000;          // UserInfo page, read-only

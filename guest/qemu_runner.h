@@ -41,4 +41,42 @@ std::string GuestKernelPath();
 
 QemuRun RunGuest(const QemuOptions& options);
 
+// A guest run that a test talks to while it runs: QEMU is started with a QMP
+// socket (-qmp unix:PATH,server,nowait), the serial output is collected in the
+// background, and Qmp() sends one command and returns its reply line. Finish()
+// waits for QEMU to exit (or kills it at the timeout) and returns the run.
+// One thread uses a session; the collector thread only appends to the output.
+class QemuSession {
+ public:
+  QemuSession() = default;
+  ~QemuSession();
+  QemuSession(const QemuSession&) = delete;
+  QemuSession& operator=(const QemuSession&) = delete;
+
+  // False when QEMU could not be started or its QMP socket did not answer.
+  bool Start(const QemuOptions& options);
+  // Sends `command_json` (one JSON object) and returns the reply line: the
+  // first line with "return" or "error" (events are skipped). Empty on failure.
+  std::string Qmp(const std::string& command_json, double timeout_seconds = 10);
+  // The serial output so far.
+  std::string Serial() const;
+  bool Exited();
+  QemuRun Finish();
+
+ private:
+  QemuOptions options_;
+  int pid_ = -1;
+  int out_fd_ = -1;
+  int qmp_fd_ = -1;
+  std::string qmp_buffer_;
+  std::string socket_path_;
+  double start_ = 0;
+  struct Collector;
+  Collector* collector_ = nullptr;
+  QemuRun run_;
+};
+
+// The integer after "key": in a QMP reply, e.g. QmpInt(reply, "actual").
+std::optional<uint64_t> QmpInt(const std::string& reply, const std::string& key);
+
 }  // namespace guest

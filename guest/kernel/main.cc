@@ -5,6 +5,7 @@
 #include "guest/abi.h"
 #include "guest/boot_info.h"
 #include "guest/kernel/arch.h"
+#include "guest/kernel/balloon.h"
 #include "guest/kernel/cmdline.h"
 #include "guest/kernel/console.h"
 #include "guest/kernel/lapic.h"
@@ -118,6 +119,7 @@ bool ReadBootInfo(uint64_t pa) {
 
 struct Options {
   KernelOptions kernel;
+  BalloonConfig balloon;
   bool ram_zeroed = false;
   bool pv_mem = false;
   bool kernel_fault_test = false;
@@ -168,6 +170,8 @@ Options ParseOptions() {
     } else if (is("tick_us")) {
       number(&o.kernel.tick_us);
       if (o.kernel.tick_us < 100) o.kernel.tick_us = 100;
+    } else if (BalloonParseOption(w, &o.balloon, &o.ok)) {
+      // virtio_balloon and virtio_balloon.* (balloon.h).
     } else if (is("virtio_mmio.device")) {
       if (!w.value || !VirtioTableAdd(w.value, w.value_len)) {
         Printk("boot: malformed virtio_mmio.device entry ignored\n");
@@ -274,6 +278,7 @@ extern "C" [[noreturn]] void KernelMain(uint64_t info_pa, uint64_t source) {
   TrapInit();
   LapicInit(options.tsc_khz, options.lapic_khz, options.kernel.tick_us);
   VirtioTablePrint();
+  BalloonInit(options.balloon);
   if (options.kernel_fault_test) {
     // Test hook (kfault=1): an unmapped kernel address must end in a panic.
     *reinterpret_cast<volatile uint64_t*>(0xffffc00000000000ull) = 1;

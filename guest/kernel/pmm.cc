@@ -3,6 +3,7 @@
 #include "guest/kernel/arch.h"
 #include "guest/kernel/console.h"
 #include "guest/kernel/lib.h"
+#include "guest-driver/free_block_finder.h"
 
 namespace kernel {
 namespace {
@@ -17,6 +18,67 @@ uint16_t* counts = nullptr;
 uint64_t max_pfn = 0;
 bool fresh_is_zero = false;
 PmmStats stats;
+uint64_t cold_head = 0;  // scanned for reporting, no block found; linked like free_head
+uint64_t (*oom_hook)() = nullptr;
+
+// Reported blocks: [next, next + pages_left frames) of a block the device was
+// told about. A table rather than a list through the frames, which the host may
+// have discarded (writing a link would make it allocate them again).
+struct ReportedBlock {
+  uint64_t next;
+  uint64_t pages_left;
+};
+constexpr uint32_t kMaxReportedBlocks = 4096;
+ReportedBlock reported[kMaxReportedBlocks];
+uint32_t num_reported = 0;
+
+void Push(uint64_t* head, uint64_t pa) {
+  *PhysToVirt<uint64_t>(pa) = *head;
+  *head = pa;
+}
+uint64_t Pop(uint64_t* head) {
+  const uint64_t pa = *head;
+  *head = *PhysToVirt<uint64_t>(pa);
+  return pa;
+}
+
+// Takes a frame without zeroing or counting it; 0 when none is left.
+uint64_t TakeFrame(bool* recycled) {
+  *recycled = true;
+  if (free_head != 0) return Pop(&free_head);
+  if (cold_head != 0) return Pop(&cold_head);
+  if (num_reported > 0) {
+    ReportedBlock& b = reported[num_reported - 1];
+    const uint64_t pa = b.next;
+    b.next += kPageSize;
+    if (--b.pages_left == 0) --num_reported;
+    --stats.reported_pages;
+    return pa;
+  }
+  *recycled = false;
+  while (fresh_cursor < num_fresh && fresh[fresh_cursor].base >= fresh[fresh_cursor].end) {
+    ++fresh_cursor;
+  }
+  if (fresh_cursor == num_fresh) return 0;
+  const uint64_t pa = fresh[fresh_cursor].base;
+  fresh[fresh_cursor].base += kPageSize;
+  return pa;
+}
+
+uint64_t FinishAlloc(uint64_t pa, bool recycled, bool zero) {
+  if (recycled) {
+    ++stats.recycled_allocs;
+  } else {
+    ++stats.fresh_allocs;
+  }
+  if (zero && (recycled || !fresh_is_zero)) {
+    ZeroFrame(pa);
+    ++stats.zeroed_pages;
+  }
+  --stats.free_pages;
+  counts[pa / kPageSize] = 1;
+  return pa;
+}
 
 }  // namespace
 
@@ -58,38 +120,63 @@ bool PmmInitCounts(uint64_t max_pa) {
 }
 
 uint64_t AllocPage(bool zero) {
-  uint64_t pa;
-  if (free_head != 0) {
-    pa = free_head;
-    free_head = *PhysToVirt<uint64_t>(pa);
-    ++stats.recycled_allocs;
-    if (zero) {
-      ZeroFrame(pa);
-      ++stats.zeroed_pages;
-    }
-  } else {
-    while (fresh_cursor < num_fresh && fresh[fresh_cursor].base >= fresh[fresh_cursor].end) {
-      ++fresh_cursor;
-    }
-    if (fresh_cursor == num_fresh) return 0;
-    pa = fresh[fresh_cursor].base;
-    fresh[fresh_cursor].base += kPageSize;
-    ++stats.fresh_allocs;
-    if (zero && !fresh_is_zero) {
-      ZeroFrame(pa);
-      ++stats.zeroed_pages;
-    }
+  bool recycled;
+  uint64_t pa = TakeFrame(&recycled);
+  if (pa == 0 && oom_hook != nullptr) {
+    ++stats.oom_retries;
+    if (oom_hook() > 0) pa = TakeFrame(&recycled);
   }
-  --stats.free_pages;
-  counts[pa / kPageSize] = 1;
-  return pa;
+  return pa == 0 ? 0 : FinishAlloc(pa, recycled, zero);
 }
+
+uint64_t AllocPageNoOom(uint64_t reserve_pages) {
+  if (stats.free_pages - stats.isolated_pages <= reserve_pages) return 0;
+  bool recycled;
+  const uint64_t pa = TakeFrame(&recycled);
+  return pa == 0 ? 0 : FinishAlloc(pa, recycled, /*zero=*/false);
+}
+
+void PmmSetOomHook(uint64_t (*hook)()) { oom_hook = hook; }
 
 void FreePage(uint64_t pa) {
   counts[pa / kPageSize] = 0;
-  *PhysToVirt<uint64_t>(pa) = free_head;
-  free_head = pa;
+  Push(&free_head, pa);
   ++stats.free_pages;
+}
+
+uint32_t PmmTakeFreeBlocks(uint32_t order, uint64_t* pas, uint32_t max_blocks,
+                           uint32_t max_visit) {
+  // Recently freed frames come off the LIFO list in runs (guest-driver/
+  // free_block_finder.h); aligned runs become blocks, the rest goes cold.
+  struct Sink {
+    uint64_t* out;
+    uint32_t found;
+    void OnBlock(uint64_t pfn) { out[found++] = pfn * kPageSize; }
+    void OnLeftover(uint64_t pfn) { Push(&cold_head, pfn * kPageSize); }
+    void OnUnwind(uint64_t pfn) { Push(&free_head, pfn * kPageSize); }
+  } sink{pas, 0};
+  guest_driver::FreeBlockFinder finder(order);
+  for (uint32_t visited = 0; free_head != 0 && visited < max_visit && sink.found < max_blocks;
+       ++visited) {
+    finder.Feed(Pop(&free_head) / kPageSize, sink);
+  }
+  finder.Unwind(sink);
+  stats.isolated_pages += uint64_t{sink.found} << order;
+  return sink.found;
+}
+
+void PmmReturnReportedBlocks(uint32_t order, const uint64_t* pas, uint32_t num_blocks) {
+  const uint64_t pages = uint64_t{1} << order;
+  for (uint32_t i = 0; i < num_blocks; ++i) {
+    stats.isolated_pages -= pages;
+    if (num_reported < kMaxReportedBlocks) {
+      reported[num_reported++] = {pas[i], pages};
+      stats.reported_pages += pages;
+    } else {
+      // Table full: back on the cold list (this writes the frames).
+      for (uint64_t p = 0; p < pages; ++p) Push(&cold_head, pas[i] + p * kPageSize);
+    }
+  }
 }
 
 uint16_t PageCount(uint64_t pa) { return counts[pa / kPageSize]; }

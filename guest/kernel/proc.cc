@@ -2,6 +2,7 @@
 
 #include "guest/abi.h"
 #include "guest/kernel/arch.h"
+#include "guest/kernel/balloon.h"
 #include "guest/kernel/console.h"
 #include "guest/kernel/lapic.h"
 #include "guest/kernel/lib.h"
@@ -101,6 +102,7 @@ TrapFrame* SwitchTo(Process* p) {
   Printk("MEM total_pages=%lu free_pages=%lu fresh_allocs=%lu recycled_allocs=%lu "
          "zeroed_pages=%lu\n",
          m.total_pages, m.free_pages, m.fresh_allocs, m.recycled_allocs, m.zeroed_pages);
+  BalloonPrintSummary();
   ExitGuest(code);
 }
 
@@ -286,6 +288,7 @@ bool HandleUserPageFault(uint64_t va, uint64_t error, const char** why) {
   }
   switch (AsHandleFault(&current->as, va, error)) {
     case FaultResult::kFixed:
+      CountMinorFault();
       return true;
     case FaultResult::kOutOfMemory:
       *why = "out of memory";
@@ -381,9 +384,11 @@ TrapFrame* SyscallDispatch(TrapFrame* f) {
       break;
     case guest::kSysMemInfo: {
       const PmmStats& m = GetPmmStats();
-      ret = static_cast<int64_t>(a0 == guest::kMemTotalPages  ? m.total_pages
-                                 : a0 == guest::kMemFreePages ? m.free_pages
-                                                              : m.total_pages - m.free_pages);
+      ret = static_cast<int64_t>(a0 == guest::kMemTotalPages    ? m.total_pages
+                                 : a0 == guest::kMemFreePages   ? m.free_pages
+                                 : a0 == guest::kMemUsedPages   ? m.total_pages - m.free_pages
+                                 : a0 == guest::kMemMinorFaults ? MinorFaults()
+                                                                : BalloonMemInfo(a0));
       break;
     }
     default:

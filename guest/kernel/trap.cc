@@ -2,6 +2,7 @@
 
 #include "guest/abi.h"
 #include "guest/kernel/arch.h"
+#include "guest/kernel/balloon.h"
 #include "guest/kernel/console.h"
 #include "guest/kernel/lapic.h"
 #include "guest/kernel/proc.h"
@@ -172,6 +173,8 @@ extern "C" kernel::TrapFrame* TrapDispatch(kernel::TrapFrame* f) {
   if (v == kTimerVector) {
     LapicEoi();
     LapicTimerRearm();
+    // The balloon's device interrupt is not wired (no IOAPIC set-up): poll it.
+    BalloonTick();
     bool preempt = OnTimerTick();
     // A tick that interrupts the kernel (only the idle HLT runs with IF=1)
     // just records time; the idle loop itself picks the next process.

@@ -147,6 +147,7 @@ bool RunWorkload(const char* name) {
   if (StrEq(name, "idle")) return RunIdle();
   if (StrEq(name, "mix")) return RunMix();
   if (StrEq(name, "fault")) return RunFault();
+  if (StrEq(name, "balloon")) return RunBalloon();
   Printf("unknown workload '%s'\n", name);
   return false;
 }

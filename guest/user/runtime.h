@@ -59,6 +59,9 @@ inline void Yield() { Syscall(guest::kSysYield); }
 inline int64_t Getpid() { return Syscall(guest::kSysGetpid); }
 inline void SleepNs(uint64_t ns) { Syscall(guest::kSysSleep, ns); }
 inline void SetName(const char* name) { Syscall(guest::kSysSetName, reinterpret_cast<uint64_t>(name)); }
+inline uint64_t MemInfo(uint64_t which) {
+  return static_cast<uint64_t>(Syscall(guest::kSysMemInfo, which));
+}
 inline void Report(const char* key, uint64_t value) {
   Syscall(guest::kSysReport, reinterpret_cast<uint64_t>(key), value);
 }
@@ -119,6 +122,7 @@ bool RunDedupfill();
 bool RunIdle();
 bool RunMix();
 bool RunFault();
+bool RunBalloon();
 // Runs a workload by name; false for an unknown name.
 bool RunWorkload(const char* name);
 

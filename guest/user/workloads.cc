@@ -363,6 +363,99 @@ bool RunIdle() {
   return ok;
 }
 
+// ---- balloon: keep a footprint verified while the host inflates and deflates ----
+// Waits (running read-modify-write passes over `mib`) until the balloon holds
+// at least `expect_pages`, optionally touches `pressure_mib` more (which makes a
+// balloon with DEFLATE_ON_OOM give pages back), then waits until the balloon is
+// down to `release_pages`, holds `hold_ms` and verifies everything. Fails if a
+// phase does not happen within `timeout_ms`.
+bool RunBalloon() {
+  const char* w = "balloon";
+  uint64_t bytes = ParamU64(w, "mib", 8) << 20;
+  uint64_t expect = ParamU64(w, "expect_pages", 0);
+  uint64_t release = ParamU64(w, "release_pages", 0);
+  uint64_t pressure = ParamU64(w, "pressure_mib", 0) << 20;
+  uint64_t timeout_ns = ParamU64(w, "timeout_ms", 60000) * 1000000;
+  uint64_t hold_ms = ParamU64(w, "hold_ms", 500);
+  uint64_t seed = Seed(w);
+  uint64_t n = bytes / 8;
+  auto* buf = static_cast<uint64_t*>(Mmap(bytes));
+  if (!buf || n == 0) return false;
+  uint64_t t0 = NowNs();
+  for (uint64_t i = 0; i < n; ++i) buf[i] = Pattern(seed, i);
+  if (Corrupt(w)) buf[n / 2] ^= 1;
+  uint64_t all_keys = 0, rounds = 0, max_pages = 0, ops = n;
+  bool ok = true;
+  auto pass = [&]() {
+    uint64_t key = Pattern(seed ^ 0xba11, rounds++) | 1;
+    all_keys ^= key;
+    for (uint64_t i = 0; i < n; ++i) buf[i] ^= key;
+    ops += n;
+    uint64_t pages = MemInfo(guest::kMemBalloonPages);
+    if (pages > max_pages) max_pages = pages;
+    return pages;
+  };
+  // Phase 1: inflation to at least `expect` pages.
+  uint64_t start = NowNs();
+  while (pass() < expect) {
+    if (NowNs() - start > timeout_ns) {
+      Printf("balloon: timed out waiting for %lu pages (have %lu)\n", expect,
+             MemInfo(guest::kMemBalloonPages));
+      ok = false;
+      break;
+    }
+    SleepNs(20000000);
+  }
+  if (ok) Printf("balloon: inflated to %lu pages\n", MemInfo(guest::kMemBalloonPages));
+  if (ok && pressure != 0) {
+    uint64_t pages = pressure / kPage;
+    auto* extra = static_cast<uint64_t*>(Mmap(pressure));
+    if (!extra) return false;
+    for (uint64_t p = 0; p < pages; ++p) extra[p * kWordsPerPage] = Pattern(seed + 1, p);
+    for (uint64_t p = 0; p < pages; ++p) {
+      if (extra[p * kWordsPerPage] != Pattern(seed + 1, p)) {
+        if (ok) Fail(w, "pressure page", p, extra[p * kWordsPerPage], Pattern(seed + 1, p));
+        ok = false;
+      }
+    }
+    Munmap(extra, pressure);
+    Printf("balloon: touched %lu pressure pages, balloon now %lu\n", pages,
+           MemInfo(guest::kMemBalloonPages));
+  }
+  // Phase 2: deflation down to `release` pages.
+  start = NowNs();
+  while (ok && pass() > release) {
+    if (NowNs() - start > timeout_ns) {
+      Printf("balloon: timed out waiting for at most %lu pages\n", release);
+      ok = false;
+      break;
+    }
+    SleepNs(20000000);
+  }
+  if (hold_ms) SleepNs(hold_ms * 1000000);
+  for (uint64_t i = 0; i < n; ++i) {
+    uint64_t want = Pattern(seed, i) ^ all_keys;
+    if (buf[i] != want) {
+      if (ok) Fail(w, "word", i, buf[i], want);
+      ok = false;
+      break;
+    }
+  }
+  ops += n;
+  uint64_t elapsed = NowNs() - t0;
+  Munmap(buf, bytes);
+  Report("rounds", rounds);
+  Report("max_pages", max_pages);
+  Report("final_pages", MemInfo(guest::kMemBalloonPages));
+  Report("inflated", MemInfo(guest::kMemBalloonInflated));
+  Report("deflated", MemInfo(guest::kMemBalloonDeflated));
+  Report("oom_deflated", MemInfo(guest::kMemBalloonOomDeflated));
+  Report("reported_pages", MemInfo(guest::kMemBalloonReportedPages));
+  Report("minor_faults", MemInfo(guest::kMemMinorFaults));
+  ReportRun(ops, ops * 8, elapsed, ok);
+  return ok;
+}
+
 // ---- mix: several workloads as concurrent processes ----
 bool RunMix() {
   char list[128];
