@@ -118,10 +118,31 @@ absl::Status Machine::Init() {
   TRY(bus_.Register(IoBus::Space::kPio, DebugExit::kPort, DebugExit::kRegisterBytes, debug_exit_));
   TRY(bus_.Register(IoBus::Space::kPio, ResultsPort::kBasePort, ResultsPort::kRegisterBytes, results_));
   TRY(bus_.Register(IoBus::Space::kPio, PvMemDevice::kBasePort, PvMemDevice::kPorts, pv_mem_));
+  // virtio-mmio devices: the balloon at slot 0 (memory_layout.h), its
+  // interrupt an edge on the slot's IOAPIC pin.
+  std::string virtio_cmdline;
+  if (config_.balloon) {
+    constexpr uint32_t kSlot = 0;
+    const uint64_t base = MemoryLayout::VirtioMmioAddress(kSlot);
+    const uint32_t gsi = MemoryLayout::kVirtioFirstGsi + kSlot;
+    balloon::BalloonOptions options;
+    options.name = absl::StrCat("virtio-balloon@0x", absl::Hex(base));
+    // Only the soft backend's guest touches reach the FrameTable
+    // (MakeAvailable); under kvm they fault straight into the memfd.
+    options.device.guest_touches_tracked = env_.hypervisor->name() == "soft";
+    options.raise_irq = [this, gsi] {
+      (void)vm_->SetIrqLine(gsi, true);
+      (void)vm_->SetIrqLine(gsi, false);
+    };
+    ASSIGN_OR_RETURN(balloon_, balloon::Balloon::Create(*memory_, std::move(options)));
+    TRY(bus_.Register(IoBus::Space::kMmio, base, VirtioMmioDevice::kRegionBytes, balloon_->bus_device()));
+    virtio_cmdline = absl::StrCat(" virtio_mmio.device=0x", absl::Hex(VirtioMmioDevice::kRegionBytes), "@0x",
+                                  absl::Hex(base), ":", gsi);
+  }
 
   // Boot: our VMM hands out zeroed RAM and implements the pv-mem doorbell.
   const bool trap_entry = env_.hypervisor->needs_trap_syscall_entry();
-  cmdline_ = GuestCommandLine(config_, trap_entry);
+  cmdline_ = GuestCommandLine(config_, trap_entry) + virtio_cmdline;
   BootOptions boot;
   boot.cmdline = cmdline_;
   boot.flags = guest::kBootFlagRamZeroed | guest::kBootFlagPvMem |
@@ -134,6 +155,18 @@ absl::Status Machine::Init() {
   for (size_t i = 1; i < vcpus_.size(); ++i) {
     TRY(vcpus_[i]->SetLongModeEntry(SecondaryVcpuEntry(entry, static_cast<int>(i))));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Machine::SetBalloonTarget(uint64_t bytes) {
+  if (balloon_ == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("vm ", config_.name, " has no balloon"));
+  }
+  if (bytes > config_.ram_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("balloon target of ", bytes, " bytes for vm ", config_.name,
+                                                   " is larger than its RAM (", config_.ram_bytes, " bytes)"));
+  }
+  balloon_->SetTargetBytes(bytes);
   return absl::OkStatus();
 }
 

@@ -29,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "balloon/balloon.h"
 #include "vmm-host/debug_exit.h"
 #include "vmm-host/elf_loader.h"
 #include "vmm-host/exit_handler.h"
@@ -112,6 +113,14 @@ class Machine {
   // FrameTable verbs while the VM runs. Valid until the Machine is destroyed.
   FrameTable& memory() { return *memory_; }
 
+  // The VM's virtio-balloon, or nullptr when VmConfig::balloon is off. Valid
+  // until the Machine is destroyed; any thread.
+  balloon::Balloon* balloon() { return balloon_.get(); }
+  // Sets the balloon's target (bytes of guest RAM the host wants back,
+  // rounded down to 4 KiB pages) and tells the guest. FailedPrecondition
+  // without a balloon; InvalidArgument above the VM's RAM. Any thread.
+  absl::Status SetBalloonTarget(uint64_t bytes);
+
  private:
   Machine(VmConfig config, MachineEnv env);
   absl::Status Init();
@@ -135,6 +144,8 @@ class Machine {
   std::shared_ptr<DebugExit> debug_exit_;
   std::shared_ptr<ResultsPort> results_;
   std::shared_ptr<PvMemDevice> pv_mem_;
+  // After memory_: destroyed first (it is memory_'s invalidation listener).
+  std::unique_ptr<balloon::Balloon> balloon_;
   VcpuCounters counters_;
 
   std::thread thread_;

@@ -69,6 +69,9 @@ absl::StatusOr<VmConfig> ParseVm(const Json& j, const std::string& where, VmConf
       ASSIGN_OR_RETURN(vm.extra_cmdline, StringField(v, field));
     } else if (key == "timeout") {
       ASSIGN_OR_RETURN(vm.timeout_seconds, NumberField(v, field));
+    } else if (key == "balloon") {
+      if (!v.is_boolean()) return FieldError(field, "expected true or false");
+      vm.balloon = v.get<bool>();
     } else if (key == "count") {
       // handled by the caller
     } else {
