@@ -142,7 +142,13 @@ absl::Status Machine::Init() {
 
   // Boot: our VMM hands out zeroed RAM and implements the pv-mem doorbell.
   const bool trap_entry = env_.hypervisor->needs_trap_syscall_entry();
-  cmdline_ = GuestCommandLine(config_, trap_entry) + virtio_cmdline;
+  // The device entries go before the user's extra words, which stay last.
+  VmConfig with_devices = config_;
+  if (!virtio_cmdline.empty()) {
+    with_devices.extra_cmdline = absl::StrCat(virtio_cmdline.substr(1), config_.extra_cmdline.empty() ? "" : " ",
+                                              config_.extra_cmdline);
+  }
+  cmdline_ = GuestCommandLine(with_devices, trap_entry);
   BootOptions boot;
   boot.cmdline = cmdline_;
   boot.flags = guest::kBootFlagRamZeroed | guest::kBootFlagPvMem |
