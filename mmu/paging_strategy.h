@@ -280,7 +280,9 @@ struct TranslateOutcome {
 // kShare -> kWriteProtect, kHarvest -> kHarvest, everything else -> kBacking.
 enum class GfnChange : uint8_t {
   kBacking,       // the frame is replaced or removed: drop every translation
-  kWriteProtect,  // becomes a shared read-only frame: drop writable ones
+  kWriteProtect,  // becomes a shared read-only frame: drop writable ones (a
+                  // strategy that caches the frame's address must drop all:
+                  // the shared frame replaces the old one, which is freed)
   kHarvest,       // A/D bits harvested: report own A/D (NoteAccess), then drop
                   // so later accesses are observed again
 };

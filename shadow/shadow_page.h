@@ -110,6 +110,9 @@ struct alignas(base::kPageSize) ShadowPage {
   // vCPUs using it as their root, current or recent (pins it).
   uint32_t root_count = 0;
   uint32_t present = 0;  // present sptes
+  // The last shadow fault whose path went through this page (recycling
+  // spares the path of the fault in progress).
+  uint64_t fault_stamp = 0;
   // Least-recently-used order of all pages (most recent at the head).
   ShadowPage* lru_prev = nullptr;
   ShadowPage* lru_next = nullptr;

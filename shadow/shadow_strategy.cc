@@ -328,6 +328,7 @@ TranslateResult ShadowStrategy::ShadowFault(VcpuMmu& vcpu, const AccessRequest& 
 
   // Build the shadow path: one page per guest table, keyed by its gfn and
   // the role (the rights combined above it).
+  ++fault_stamp_;
   ShadowPage* sp = Root(vcpu, flush);
   Touch(sp);
   sp->write_flooding = 0;
@@ -493,6 +494,7 @@ ShadowPage* ShadowStrategy::GetPage(uint64_t gfn, const Role& role, Flush* flush
 }
 
 void ShadowStrategy::Touch(ShadowPage* sp) {
+  sp->fault_stamp = fault_stamp_;  // on the path of the fault in progress
   if (lru_head_ == sp) return;
   // Unlink, then push at the head.
   if (sp->lru_prev != nullptr) sp->lru_prev->lru_next = sp->lru_next;
@@ -508,7 +510,11 @@ void ShadowStrategy::Touch(ShadowPage* sp) {
 void ShadowStrategy::RecycleIfFull(Flush* flush) {
   while (num_pages_ >= options_.max_shadow_pages) {
     ShadowPage* victim = lru_tail_;
-    while (victim != nullptr && victim->root_count > 0) victim = victim->lru_prev;
+    // Never a pinned root, nor a page on the path the current fault is
+    // building (it holds pointers to them).
+    while (victim != nullptr && (victim->root_count > 0 || victim->fault_stamp == fault_stamp_)) {
+      victim = victim->lru_prev;
+    }
     if (victim == nullptr) return;  // all pinned roots: go beyond the bound
     counters_.Inc(ShadowCounters::kMmuRecycled);
     ZapPage(victim, flush);
@@ -690,15 +696,14 @@ void ShadowStrategy::SyncPage(ShadowPage* sp, Flush* flush) {
       reinterpret_cast<const uint64_t*>(memory().HostPage(sp->gfn, /*for_write=*/false));
   sp->unsync = false;
   std::erase(unsync_pages_, sp);
-  if (table == nullptr) {
-    // Not resident any more: nothing to compare with; rebuild on demand.
-    ZapPage(sp, flush);
-    return;
-  }
   // Keep an spte only if its gpte is exactly what it was built from: any
-  // change (target, rights, A or D cleared, reserved bits) re-walks.
+  // change (target, rights, A or D cleared, reserved bits) re-walks. A table
+  // that is not resident now has nothing to compare with: every spte goes
+  // (the page itself stays: a caller may be about to link it).
   for (int i = 0; i < kEntries; ++i) {
-    if ((sp->spt[i] & spte::kPresent) && table[i] != sp->gpte[i]) ZapSpte(sp, i, flush);
+    if ((sp->spt[i] & spte::kPresent) && (table == nullptr || table[i] != sp->gpte[i])) {
+      ZapSpte(sp, i, flush);
+    }
   }
   WriteProtect(sp->gfn, flush);
 }

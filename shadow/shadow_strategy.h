@@ -245,6 +245,7 @@ class ShadowStrategy final : public mmu::PagingStrategy {
   ShadowPage* lru_head_ ABSL_GUARDED_BY(mu_) = nullptr;
   ShadowPage* lru_tail_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint32_t num_pages_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t fault_stamp_ ABSL_GUARDED_BY(mu_) = 0;  // shadow faults so far
   std::vector<VcpuRoots> roots_ ABSL_GUARDED_BY(mu_);
   uint32_t attached_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status audit_failure_ ABSL_GUARDED_BY(mu_);
