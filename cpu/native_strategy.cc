@@ -51,13 +51,15 @@ absl::StatusOr<std::unique_ptr<NativeStrategy>> NativeStrategy::Create(mmu::Gues
 
 NativeStrategy::NativeStrategy(mmu::GuestPhysMemory* mem, uint32_t max_vcpus)
     : PagingStrategy(mem, max_vcpus),
-      vcpu_counters_(std::make_unique<NativeVcpuCounters[]>(max_vcpus)) {}
+      vcpu_counters_(std::make_unique<NativeVcpuCounters[]>(max_vcpus)),
+      hw_models_(max_vcpus, mmu::HwModelConfig{}) {}
 
 TranslateResult NativeStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& req,
                                           TranslateOutcome* out) noexcept {
   DCHECK_LT(vcpu.index, max_vcpus());
   NativeVcpuCounters& c = vcpu_counters_[vcpu.index];
   c.Inc(NativeVcpuCounters::kTranslations);
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->Sync(flush_generation());
   mmu::GuestPhysMemory& mem = memory();
   for (int attempt = 0; attempt < kMaxBackingAttempts; ++attempt) {
     *out = TranslateOutcome{};
@@ -200,6 +202,15 @@ TranslateResult NativeStrategy::TranslateOnce(VcpuMmu& vcpu, const AccessRequest
     out->filled = true;
     c.Inc(NativeVcpuCounters::kTlbFills);
   }
+  // The hardware's view of this miss (a pure model, after the fill so that
+  // the STLB evictions it mirrors never touch this page's entry).
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) {
+    if (vcpu.paging) {
+      hw->OnWalk1D(req, r, vcpu.tlb);
+    } else {
+      hw->OnUnpaged(req, 0, vcpu.tlb);
+    }
+  }
   return TranslateResult::kFixed;
 }
 
@@ -209,22 +220,32 @@ void NativeStrategy::OnCr3Write(VcpuMmu& vcpu, uint64_t /*old_cr3*/, bool /*no_f
   // what must be invalidated, never what must be kept).
   vcpu_counters_[vcpu.index].Inc(NativeVcpuCounters::kCr3Writes);
   vcpu.tlb->FlushAll();
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnCr3Write();
 }
 
 void NativeStrategy::OnModeChange(VcpuMmu& vcpu, bool /*old_paging*/,
                                   const mmu::PagingMode& /*old_mode*/) noexcept {
   vcpu_counters_[vcpu.index].Inc(NativeVcpuCounters::kModeChanges);
   vcpu.tlb->FlushAll();
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnFlushAll();
 }
 
 void NativeStrategy::OnInvlpg(VcpuMmu& vcpu, uint64_t gva) noexcept {
   vcpu_counters_[vcpu.index].Inc(NativeVcpuCounters::kInvlpg);
   vcpu.tlb->FlushPage(gva);
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnInvlpg(gva);
 }
 
-void NativeStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush /*scope*/) noexcept {
+void NativeStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush scope) noexcept {
   vcpu_counters_[vcpu.index].Inc(NativeVcpuCounters::kGuestTlbFlushes);
   vcpu.tlb->FlushAll();
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) {
+    if (scope == mmu::TlbFlush::kAll) {
+      hw->OnFlushAll();
+    } else {
+      hw->OnFlushNonGlobal();
+    }
+  }
 }
 
 void NativeStrategy::DropGfns(base::Gfn /*first*/, uint64_t count,
@@ -242,6 +263,8 @@ base::CounterSnapshot NativeStrategy::Counters() const {
   base::CounterSnapshot out = sum.Snapshot("native");
   base::CounterSnapshot shared = shared_counters_.Snapshot("native");
   out.insert(out.end(), shared.begin(), shared.end());
+  base::CounterSnapshot hw = hw_models_.Totals().Snapshot("native.hw");
+  out.insert(out.end(), hw.begin(), hw.end());
   return out;
 }
 

@@ -38,6 +38,11 @@
 // EFLAGS.AC = 0 must allow it and give the same host page, and a write hit
 // needs the leaf's D bit set.
 //
+// Every successful walk also feeds the vCPU's mmu::HwPagingModel (the STLB
+// and paging-structure caches a real CPU would have; counters
+// `native.hw.*`, docs/cost-model.md). It is a pure model: it never changes
+// a translation.
+//
 // Thread safety: as PagingStrategy. Counters are per-vCPU blocks (written by
 // that vCPU's thread) plus one block for invalidations (written under the
 // FrameTable mutex).
@@ -50,6 +55,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "base/counters.h"
+#include "mmu/hw_paging_model.h"
 #include "mmu/paging_strategy.h"
 
 namespace cpu {
@@ -110,6 +116,7 @@ class NativeStrategy final : public mmu::PagingStrategy {
 
  protected:
   void DropGfns(base::Gfn first, uint64_t count, mmu::GfnChange change) noexcept override;
+  void OnAttach(mmu::VcpuMmu& vcpu) override { hw_models_.Ensure(vcpu.index); }
 
  private:
   // What one translation attempt could not resolve without MakeAvailable.
@@ -129,6 +136,7 @@ class NativeStrategy final : public mmu::PagingStrategy {
 
   std::unique_ptr<NativeVcpuCounters[]> vcpu_counters_;
   NativeSharedCounters shared_counters_;
+  mmu::HwPagingModelSet hw_models_;
 };
 
 }  // namespace cpu

@@ -162,7 +162,9 @@ const TlbEntry* TlbModel::Lookup(const TlbTag& tag, uint64_t va, Access access) 
   return &e;
 }
 
-void TlbModel::Insert(const TlbTag& tag, uint64_t va, const TlbTranslation& translation) noexcept {
+void TlbModel::Insert(const TlbTag& tag, uint64_t va, const TlbTranslation& translation,
+                      TlbEntry* evicted) noexcept {
+  if (evicted != nullptr) evicted->valid = false;
   DCHECK(config_.kind == TlbKind::kLinear || (tag.vpid == 0 && tag.pcid == 0 && tag.ep4ta != 0 &&
                                               !translation.global))
       << "guest-physical entries are tagged by EP4TA only";
@@ -223,6 +225,7 @@ void TlbModel::Insert(const TlbTag& tag, uint64_t va, const TlbTranslation& tran
       if (entries_[i].last_use < entries_[victim].last_use) victim = i;
     }
     counters_.Inc(TlbModelCounters::kEvict);
+    if (evicted != nullptr) *evicted = entries_[victim];
   }
   TlbEntry& e = entries_[victim];
   e.valid = true;

@@ -217,8 +217,10 @@ class TlbModel {
 
   // Caches the translation of the page containing `va`, after a successful
   // walk. An entry with the same tag and page is replaced in place; otherwise
-  // the LRU way of the set is evicted.
-  void Insert(const TlbTag& tag, uint64_t va, const TlbTranslation& translation) noexcept;
+  // the LRU way of the set is evicted; when `evicted` is given it receives a
+  // copy of the entry that was evicted (valid = false when none was).
+  void Insert(const TlbTag& tag, uint64_t va, const TlbTranslation& translation,
+              TlbEntry* evicted = nullptr) noexcept;
 
   // --- Invalidation by guest instructions (linear TLB only). Per SDM Vol. 3C
   // §29.4.3.1 these act on the current VPID and, for combined mappings, on

@@ -66,7 +66,8 @@ absl::StatusOr<std::unique_ptr<NestedStrategy>> NestedStrategy::Create(mmu::Gues
 NestedStrategy::NestedStrategy(mmu::GuestPhysMemory* mem, const Options& options)
     : PagingStrategy(mem, options.max_vcpus),
       options_(options),
-      vcpu_counters_(std::make_unique<NestedCounters[]>(options.max_vcpus)) {
+      vcpu_counters_(std::make_unique<NestedCounters[]>(options.max_vcpus)),
+      hw_models_(options.max_vcpus, mmu::HwModelConfig::TwoD()) {
   absl::MutexLock lock(&mu_);
   const EptPage* root = NewPage();
   ept_.eptp = mmu::MakeEptp(reinterpret_cast<uint64_t>(root), kEptLevels, /*enable_ad=*/false);
@@ -193,6 +194,8 @@ TranslateResult NestedStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
   DCHECK_LT(vcpu.index, max_vcpus());
   NestedCounters& c = vcpu_counters_[vcpu.index];
   c.Inc(NestedCounters::kTranslations);
+  mmu::HwPagingModel* hw = hw_models_.At(vcpu.index);
+  if (hw != nullptr) hw->Sync(flush_generation());
   mmu::GuestPhysMemory& mem = memory();
   HostView host;
   uint32_t refs = 0;
@@ -279,6 +282,14 @@ TranslateResult NestedStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
           continue;
         }
         if (fill) c.Inc(NestedCounters::kTlbFills);
+        // The hardware's view of this miss (a pure model).
+        if (hw != nullptr) {
+          if (vcpu.paging) {
+            hw->OnWalk2D(req, r, vcpu.tlb);
+          } else {
+            hw->OnUnpaged(req, r.refs.EptTotal(), vcpu.tlb);
+          }
+        }
         return TranslateResult::kFixed;
       }
       case WalkStatus::kPageFault:
@@ -362,22 +373,32 @@ TranslateResult NestedStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
 void NestedStrategy::OnCr3Write(VcpuMmu& vcpu, uint64_t /*old_cr3*/, bool /*no_flush*/) noexcept {
   vcpu_counters_[vcpu.index].Inc(NestedCounters::kCr3Writes);
   vcpu.tlb->FlushAll();  // the soft TLB has no PCID tags (as native)
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnCr3Write();
 }
 
 void NestedStrategy::OnModeChange(VcpuMmu& vcpu, bool /*old_paging*/,
                                   const mmu::PagingMode& /*old_mode*/) noexcept {
   vcpu_counters_[vcpu.index].Inc(NestedCounters::kTlbFlush);
   vcpu.tlb->FlushAll();
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnFlushAll();
 }
 
 void NestedStrategy::OnInvlpg(VcpuMmu& vcpu, uint64_t gva) noexcept {
   vcpu_counters_[vcpu.index].Inc(NestedCounters::kInvlpg);
   vcpu.tlb->FlushPage(gva);
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnInvlpg(gva);
 }
 
-void NestedStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush /*scope*/) noexcept {
+void NestedStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush scope) noexcept {
   vcpu_counters_[vcpu.index].Inc(NestedCounters::kTlbFlush);
   vcpu.tlb->FlushAll();
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) {
+    if (scope == mmu::TlbFlush::kAll) {
+      hw->OnFlushAll();
+    } else {
+      hw->OnFlushNonGlobal();
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -426,6 +447,8 @@ NestedCounters NestedStrategy::Totals() const {
 base::CounterSnapshot NestedStrategy::Counters() const {
   base::CounterSnapshot out = Totals().Snapshot("nested");
   out.push_back({"nested.large_mappings", large_mappings()});
+  base::CounterSnapshot hw = hw_models_.Totals().Snapshot("nested.hw");
+  out.insert(out.end(), hw.begin(), hw.end());
   return out;
 }
 

@@ -23,6 +23,12 @@
 //     4 KiB-aligned table pages. Table pages are never freed while the
 //     strategy lives, so a walk on another thread never reads freed memory.
 //
+// Every successful walk also feeds the vCPU's mmu::HwPagingModel with the
+// EPT dimension: the combined STLB, the guest and EPT paging-structure
+// caches and the nested (guest-physical) TLB a real CPU would consult
+// (counters `nested.hw.*`, docs/cost-model.md). A pure model: the walk
+// itself stays the full 2-D walk, counted in walk_refs as before.
+//
 // Thread safety: as mmu::PagingStrategy. Walks read the EPT tables without a
 // lock (entries are loaded atomically); installs, clears and splits are
 // serialised by one mutex.
@@ -39,6 +45,7 @@
 #include "absl/synchronization/mutex.h"
 #include "base/counters.h"
 #include "mmu/ept_walker.h"
+#include "mmu/hw_paging_model.h"
 #include "mmu/paging_strategy.h"
 
 namespace nested {
@@ -121,6 +128,7 @@ class NestedStrategy final : public mmu::PagingStrategy {
 
  protected:
   void DropGfns(base::Gfn first, uint64_t count, mmu::GfnChange change) noexcept override;
+  void OnAttach(mmu::VcpuMmu& vcpu) override { hw_models_.Ensure(vcpu.index); }
 
  private:
   struct alignas(4096) EptPage {
@@ -159,6 +167,7 @@ class NestedStrategy final : public mmu::PagingStrategy {
   // clears under mu_ in the shared one.
   std::unique_ptr<NestedCounters[]> vcpu_counters_;
   NestedCounters shared_counters_ ABSL_GUARDED_BY(mu_);
+  mmu::HwPagingModelSet hw_models_;
 };
 
 }  // namespace nested

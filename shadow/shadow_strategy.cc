@@ -74,7 +74,10 @@ absl::StatusOr<std::unique_ptr<ShadowStrategy>> ShadowStrategy::Create(mmu::Gues
 }
 
 ShadowStrategy::ShadowStrategy(mmu::GuestPhysMemory* mem, const Options& options)
-    : PagingStrategy(mem, options.max_vcpus), options_(options), roots_(options.max_vcpus) {}
+    : PagingStrategy(mem, options.max_vcpus),
+      options_(options),
+      roots_(options.max_vcpus),
+      hw_models_(options.max_vcpus, mmu::HwModelConfig{}) {}
 
 ShadowStrategy::~ShadowStrategy() {
   absl::MutexLock lock(&mu_);
@@ -84,6 +87,7 @@ ShadowStrategy::~ShadowStrategy() {
 }
 
 void ShadowStrategy::OnAttach(VcpuMmu& vcpu) {
+  hw_models_.Ensure(vcpu.index);
   absl::MutexLock lock(&mu_);
   ++attached_;
   roots_[vcpu.index] = VcpuRoots{};
@@ -113,7 +117,11 @@ absl::Status ShadowStrategy::audit_failure() const {
 
 void ShadowStrategy::ApplyFlush(VcpuMmu* vcpu, const Flush& flush) noexcept {
   if (!flush.all) return;
-  if (vcpu != nullptr) vcpu->tlb->FlushAll();
+  if (vcpu != nullptr) {
+    vcpu->tlb->FlushAll();
+    // KVM's remote TLB flush: the hardware TLB and PWCs go too.
+    if (mmu::HwPagingModel* hw = hw_models_.At(vcpu->index)) hw->FlushAll();
+  }
   // The vCPUs of a VM share one host thread in the soft backend, so the
   // others apply this before they run again (see docs/shadow.md, "Limits").
   if (attached_ > 1) {
@@ -128,6 +136,7 @@ void ShadowStrategy::ApplyFlush(VcpuMmu* vcpu, const Flush& flush) noexcept {
 TranslateResult ShadowStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& req,
                                           TranslateOutcome* out) noexcept {
   DCHECK_LT(vcpu.index, max_vcpus());
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->Sync(flush_generation());
   mmu::GuestPhysMemory& mem = memory();
   for (int attempt = 0; attempt < kMaxBackingAttempts; ++attempt) {
     *out = TranslateOutcome{};
@@ -222,6 +231,7 @@ TranslateResult ShadowStrategy::TranslateLocked(VcpuMmu& vcpu, const AccessReque
     vcpu.RecordFill(req.va, out->mmu_idx);
     out->filled = true;
     counters_.Inc(ShadowCounters::kTlbFills);
+    if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnUnpaged(req, 0, vcpu.tlb);
     return TranslateResult::kFixed;
   }
   if (mmu::IsCanonical(req.va, vcpu.mode.levels)) {
@@ -267,13 +277,20 @@ void ShadowStrategy::FillFromSpte(VcpuMmu& vcpu, const AccessRequest& req, const
   out->mmu_idx = idx;
   out->perms = perms;
   out->page_size_bytes = sp.role.direct ? mmu::LevelPageSize(sp.role.large_level) : base::kPageSize;
+  // The hardware walks the shadow tables from the root: `levels` deep to a
+  // 4 KiB spte (a pure model; a shadow fault's own walk is in its exit cost).
+  mmu::HwPagingModel* hw = hw_models_.At(vcpu.index);
   // Supervisor accesses to user pages under SMAP depend on EFLAGS.AC and on
   // implicitness, which the supervisor MMU index does not encode (as native).
-  if (idx == SoftTlb::MmuIdx::kSupervisor && (e & spte::kUser) && vcpu.mode.smap) return;
+  if (idx == SoftTlb::MmuIdx::kSupervisor && (e & spte::kUser) && vcpu.mode.smap) {
+    if (hw != nullptr) hw->OnShadowWalk(req, vcpu.mode.levels, e & spte::kHostWritable, vcpu.tlb);
+    return;
+  }
   vcpu.tlb->Fill(idx, req.va, page, perms, out->page_size_bytes);
   vcpu.RecordFill(req.va, idx);
   out->filled = true;
   counters_.Inc(ShadowCounters::kTlbFills);
+  if (hw != nullptr) hw->OnShadowWalk(req, vcpu.mode.levels, e & spte::kHostWritable, vcpu.tlb);
 }
 
 TranslateResult ShadowStrategy::ShadowFault(VcpuMmu& vcpu, const AccessRequest& req,
@@ -741,6 +758,7 @@ void ShadowStrategy::OnCr3Write(VcpuMmu& vcpu, uint64_t /*old_cr3*/, bool /*no_f
   }
   // The soft TLB has no PCID tags: a new CR3 flushes it (as native).
   vcpu.tlb->FlushAll();
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnCr3Write();
 }
 
 void ShadowStrategy::OnModeChange(VcpuMmu& vcpu, bool /*old_paging*/,
@@ -755,6 +773,7 @@ void ShadowStrategy::OnModeChange(VcpuMmu& vcpu, bool /*old_paging*/,
     ApplyFlush(&vcpu, flush);
   }
   vcpu.tlb->FlushAll();
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnFlushAll();
 }
 
 void ShadowStrategy::OnInvlpg(VcpuMmu& vcpu, uint64_t gva) noexcept {
@@ -785,9 +804,10 @@ void ShadowStrategy::OnInvlpg(VcpuMmu& vcpu, uint64_t gva) noexcept {
   // INVLPG is local: this vCPU's page is enough (an spte shared with other
   // vCPUs' stale entries is as stale as their TLBs may legally be).
   vcpu.tlb->FlushPage(gva);
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnInvlpg(gva);
 }
 
-void ShadowStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush /*scope*/) noexcept {
+void ShadowStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush scope) noexcept {
   Flush flush;
   {
     absl::MutexLock lock(&mu_);
@@ -797,6 +817,13 @@ void ShadowStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush /*scope*/) noexcept
     ApplyFlush(&vcpu, flush);
   }
   vcpu.tlb->FlushAll();
+  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) {
+    if (scope == mmu::TlbFlush::kAll) {
+      hw->OnFlushAll();
+    } else {
+      hw->OnFlushNonGlobal();
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -842,7 +869,12 @@ void ShadowStrategy::DropGfns(base::Gfn first, uint64_t count,
 // ---------------------------------------------------------------------------
 // Observability.
 
-base::CounterSnapshot ShadowStrategy::Counters() const { return counters_.Snapshot("shadow"); }
+base::CounterSnapshot ShadowStrategy::Counters() const {
+  base::CounterSnapshot out = counters_.Snapshot("shadow");
+  base::CounterSnapshot hw = hw_models_.Totals().Snapshot("shadow.hw");
+  out.insert(out.end(), hw.begin(), hw.end());
+  return out;
+}
 
 absl::Status ShadowStrategy::Audit(VcpuMmu& vcpu) {
   absl::MutexLock lock(&mu_);

@@ -56,6 +56,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "base/counters.h"
+#include "mmu/hw_paging_model.h"
 #include "mmu/paging_strategy.h"
 #include "mmu/walk_result.h"
 #include "shadow/shadow_page.h"
@@ -251,6 +252,10 @@ class ShadowStrategy final : public mmu::PagingStrategy {
   absl::Status audit_failure_ ABSL_GUARDED_BY(mu_);
   bool audit_pending_ ABSL_GUARDED_BY(mu_) = false;  // an invalidation since the last audit
   ShadowCounters counters_;  // written under mu_
+  // The STLB and paging-structure caches a real CPU would have while it
+  // walks the shadow tables (counters `shadow.hw.*`, docs/cost-model.md):
+  // a pure model, fed on each fill and flushed with the soft TLB.
+  mmu::HwPagingModelSet hw_models_;
 };
 
 }  // namespace shadow
