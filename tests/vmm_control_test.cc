@@ -87,6 +87,10 @@ TEST_F(VmmControlTest, CtlListsAndReadsRunningVmsAndNamesErrors) {
   }
   EXPECT_GE(second, first);
 
+  r = Ctl("balloon vm0 16M");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("has no balloon"), std::string::npos) << r.out;
+
   r = Ctl("stats nosuch");
   EXPECT_EQ(r.status, 1) << r.out;
   EXPECT_NE(r.out.find("unknown VM 'nosuch'"), std::string::npos) << r.out;
@@ -102,6 +106,55 @@ TEST_F(VmmControlTest, CtlListsAndReadsRunningVmsAndNamesErrors) {
   r = Ctl("list");
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_NE(r.out.find("is a vmm running?"), std::string::npos) << r.out;
+}
+
+// A guest that waits for its balloon to reach 16 MiB and then to empty
+// again, driven by `vmm ctl balloon`: the device reclaims the pages and the
+// guest's own checks pass.
+TEST_F(VmmControlTest, CtlBalloonInflatesAndDeflatesARunningGuest) {
+  const std::string config = (dir_ / "run.json").string();
+  {
+    FILE* f = std::fopen(config.c_str(), "w");
+    std::fputs(absl::StrCat(R"({"vms": [{"name": "b0", "backend": "soft", "ram": "64M",
+        "balloon": true, "workload": "balloon",
+        "workload_args": "mib=2 expect_pages=4096 release_pages=0 timeout_ms=60000"}]})")
+                   .c_str(),
+               f);
+    std::fclose(f);
+  }
+  const std::string run = absl::StrCat(VMM_BINARY, " run --config=", config,
+                                       " --echo_console=false --log_dir=", dir_.string(),
+                                       " --report=", (dir_ / "report.json").string(),
+                                       " --control_socket=", socket_);
+  vmm::testing::CommandResult run_result;
+  std::thread runner([&] { run_result = vmm::testing::RunCommand(run); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!std::filesystem::exists(socket_) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(std::filesystem::exists(socket_));
+
+  vmm::testing::CommandResult r = Ctl("balloon b0 16M");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(Parse(r.out)["target_bytes"], 16u << 20);
+  // Wait until the guest has given the 16 MiB: actual and the host's count.
+  Json j;
+  while (std::chrono::steady_clock::now() < deadline) {
+    j = Parse(Ctl("balloon b0").out);
+    if (j["actual_bytes"] == 16u << 20 && j["inflated_bytes"] == 16u << 20) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(j["actual_bytes"], 16u << 20) << j.dump();
+  EXPECT_EQ(j["inflated_bytes"], 16u << 20) << j.dump();
+  r = Ctl("balloon b0 1G");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("larger than its RAM"), std::string::npos) << r.out;
+  r = Ctl("balloon b0 0");
+  ASSERT_EQ(r.status, 0) << r.out;
+  runner.join();
+  EXPECT_EQ(run_result.status, 0) << run_result.out;
+  EXPECT_NE(run_result.out.find("balloon.max_pages=4096"), std::string::npos) << run_result.out;
+  EXPECT_NE(run_result.out.find("balloon.final_pages=0"), std::string::npos) << run_result.out;
 }
 
 }  // namespace

@@ -4,7 +4,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "balloon/balloon.h"
 #include "vmm-host/report.h"
+#include "vmm-host/run_config.h"
 
 namespace vmm {
 namespace {
@@ -27,6 +30,49 @@ Json FlatCounters(const MachineResult& r, const std::string& prefix) {
   return out;
 }
 
+// {"cmd": "balloon", "vm", "target": bytes or a size string (optional)}:
+// sets the target when given, and answers the balloon's state.
+Json Balloon(Machine& machine, const Json& request) {
+  balloon::Balloon* b = machine.balloon();
+  if (b == nullptr) {
+    return ControlServer::Error(absl::StrCat("vm ", machine.name(), " has no balloon (VM field \"balloon\")"));
+  }
+  if (request.contains("target")) {
+    const Json& t = request["target"];
+    uint64_t bytes = 0;
+    if (t.is_number_unsigned()) {
+      bytes = t.get<uint64_t>();
+    } else if (t.is_string()) {
+      absl::StatusOr<uint64_t> parsed = ParseSize(t.get<std::string>());
+      if (!parsed.ok()) return ControlServer::Error(parsed.status().message());
+      bytes = *parsed;
+    } else {
+      return ControlServer::Error("\"target\" must be a size: bytes, or a string like \"32M\"");
+    }
+    if (absl::Status s = machine.SetBalloonTarget(bytes); !s.ok()) {
+      return ControlServer::Error(s.message());
+    }
+  }
+  constexpr uint64_t kPage = 4096;
+  Json out = {{"ok", true},
+              {"vm", machine.name()},
+              {"target_bytes", uint64_t{b->target_pages()} * kPage},
+              {"actual_bytes", uint64_t{b->actual_pages()} * kPage},
+              {"inflated_bytes", b->inflated_pages() * kPage}};
+  if (const std::optional<balloon::BalloonStats> stats = b->LastStats()) {
+    Json guest = Json::object();
+    for (uint16_t tag = 0; tag < balloon::kNumStatTags; ++tag) {
+      if (stats->values[tag]) {
+        guest[std::string(balloon::StatTagName(static_cast<balloon::StatTag>(tag)))] =
+            *stats->values[tag];
+      }
+    }
+    out["guest_stats"] = std::move(guest);
+    out["guest_stats_age_seconds"] = absl::ToDoubleSeconds(absl::Now() - stats->updated_at);
+  }
+  return out;
+}
+
 }  // namespace
 
 ControlServer::Handler MakeControlHandler(std::vector<Machine*> machines) {
@@ -43,9 +89,9 @@ ControlServer::Handler MakeControlHandler(std::vector<Machine*> machines) {
       }
       return {{"ok", true}, {"vms", std::move(vms)}};
     }
-    if (cmd != "stats" && cmd != "counters") {
+    if (cmd != "stats" && cmd != "counters" && cmd != "balloon") {
       return ControlServer::Error(
-          absl::StrCat("unknown command '", cmd, "' (known: list, stats, counters)"));
+          absl::StrCat("unknown command '", cmd, "' (known: list, stats, counters, balloon)"));
     }
     if (!request.contains("vm") || !request["vm"].is_string()) {
       return ControlServer::Error(absl::StrCat("'", cmd, "' needs a string \"vm\""));
@@ -56,6 +102,7 @@ ControlServer::Handler MakeControlHandler(std::vector<Machine*> machines) {
       if (m->name() == name) machine = m;
     }
     if (machine == nullptr) return ControlServer::Error(absl::StrCat("unknown VM '", name, "'"));
+    if (cmd == "balloon") return Balloon(*machine, request);
     const MachineResult snapshot = machine->Snapshot();
     if (cmd == "stats") {
       Json out = VmReportJson(snapshot, machine->cmdline());

@@ -7,6 +7,10 @@
 //       -> {"ok": true, "vm": NAME, "state", "ram_bytes", "resident_frames",
 //           "exits": {...}, "bus": {...}, "vm_stats": {...},
 //           "vcpu_stats": {...}, "results": {...}}
+//   {"cmd": "balloon", "vm": NAME, "target": SIZE (optional: bytes or "32M")}
+//       -> {"ok": true, "vm": NAME, "target_bytes", "actual_bytes",
+//           "inflated_bytes", "guest_stats": {...}, "guest_stats_age_seconds"}:
+//          sets the balloon target when given (docs/balloon.md)
 //   {"cmd": "counters", "vm": NAME, "prefix": P (optional)}
 //       -> {"ok": true, "vm": NAME, "counters": {name: value}}: every counter
 //          of the VM in one flat namespace ("exits.io", "bus.mmio_writes",

@@ -333,6 +333,10 @@ MachineResult Machine::Collect() {
   }
   r.resident_frames = resident;
   if (absl::StatusOr<BackendStats> s = vm_->Stats(); s.ok()) r.vm_stats = std::move(*s);
+  if (balloon_ != nullptr) {
+    // The VM's devices count with it: balloon.* (docs/balloon.md).
+    for (const base::CounterValue& c : balloon_->Snapshot()) r.vm_stats.push_back(c);
+  }
   if (vcpus_.size() == 1) {
     if (absl::StatusOr<BackendStats> s = vcpus_[0]->Stats(); s.ok()) r.vcpu_stats = std::move(*s);
   } else {

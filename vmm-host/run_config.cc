@@ -72,6 +72,20 @@ absl::StatusOr<VmConfig> ParseVm(const Json& j, const std::string& where, VmConf
     } else if (key == "balloon") {
       if (!v.is_boolean()) return FieldError(field, "expected true or false");
       vm.balloon = v.get<bool>();
+    } else if (key == "balloon_schedule") {
+      if (!v.is_array()) return FieldError(field, "expected an array of {\"at\": seconds, \"target\": size}");
+      vm.balloon_schedule.clear();
+      for (size_t i = 0; i < v.size(); ++i) {
+        const std::string step = absl::StrCat(field, "[", i, "]");
+        const Json& s = v[i];
+        if (!s.is_object() || s.size() != 2 || !s.contains("at") || !s.contains("target")) {
+          return FieldError(step, "expected {\"at\": seconds, \"target\": size}");
+        }
+        VmConfig::BalloonStep b;
+        ASSIGN_OR_RETURN(b.at_seconds, NumberField(s["at"], absl::StrCat(step, ".at")));
+        ASSIGN_OR_RETURN(b.target_bytes, SizeField(s["target"], absl::StrCat(step, ".target")));
+        vm.balloon_schedule.push_back(b);
+      }
     } else if (key == "count") {
       // handled by the caller
     } else {
@@ -137,6 +151,8 @@ absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text) {
       ASSIGN_OR_RETURN(config.report_path, StringField(v, key));
     } else if (key == "log_dir") {
       ASSIGN_OR_RETURN(config.log_dir, StringField(v, key));
+    } else if (key == "cost_model") {
+      ASSIGN_OR_RETURN(config.cost_model, StringField(v, key));
     } else if (key == "echo_console") {
       if (!v.is_boolean()) return FieldError(key, "expected true or false");
       config.echo_console = v.get<bool>();
@@ -249,6 +265,19 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
     }
     if (!(vm.timeout_seconds > 0)) {
       return FieldError(absl::StrCat(where, ".timeout"), "expected a positive number of seconds");
+    }
+    double last_at = 0;
+    for (size_t s = 0; s < vm.balloon_schedule.size(); ++s) {
+      const VmConfig::BalloonStep& step = vm.balloon_schedule[s];
+      const std::string field = absl::StrCat(where, ".balloon_schedule[", s, "]");
+      if (!vm.balloon) return FieldError(field, "a balloon schedule needs \"balloon\": true");
+      if (!(step.at_seconds >= last_at)) {
+        return FieldError(absl::StrCat(field, ".at"), "times must be non-negative and in order");
+      }
+      if (step.target_bytes > vm.ram_bytes) {
+        return FieldError(absl::StrCat(field, ".target"), "larger than the VM's RAM");
+      }
+      last_at = step.at_seconds;
     }
   }
   return absl::OkStatus();

@@ -16,7 +16,7 @@ namespace vmm {
 
 // The workloads the guest kernel knows (guest/user/workloads.cc).
 inline constexpr std::string_view kKnownWorkloads[] = {
-    "compute", "memtouch", "ptchurn", "tlbstress", "dedupfill", "idle", "mix"};
+    "compute", "memtouch", "ptchurn", "tlbstress", "dedupfill", "idle", "mix", "balloon"};
 bool IsKnownWorkload(std::string_view name);
 
 struct VmConfig {
@@ -37,6 +37,14 @@ struct VmConfig {
   // the guest on its command line. Off by default for now: the entry changes
   // the guest command line that the cross-backend tests compare with QEMU's.
   bool balloon = false;
+  // Balloon targets over time (needs `balloon`): at `at_seconds` after the
+  // VM starts, the target becomes `target_bytes`. In time order.
+  struct BalloonStep {
+    double at_seconds = 0;
+    uint64_t target_bytes = 0;
+    bool operator==(const BalloonStep&) const = default;
+  };
+  std::vector<BalloonStep> balloon_schedule;
   double timeout_seconds = 120;
 };
 
@@ -58,6 +66,9 @@ struct RunConfig {
   // resync and after every FrameTable invalidation (slow; for debugging and
   // tests). Failures count as shadow.audit_failures (docs/shadow.md).
   bool shadow_audit = false;
+  // A JSON file overriding some or all entries of the cost model's table
+  // (docs/cost-model.md); "" keeps the default table.
+  std::string cost_model;
   // The control interface's Unix socket (docs/vmm.md, "Control interface"):
   // "" means <log_dir>/control.sock, "off" means none.
   std::string control_socket;

@@ -58,5 +58,39 @@ TEST(RunConfigTest, ErrorsNameTheField) {
   EXPECT_NE(error(R"({"vms": []})").find("no VMs"), std::string::npos);
 }
 
+TEST(RunConfigTest, BalloonScheduleParsesAndIsChecked) {
+  absl::StatusOr<RunConfig> c = ParseRunConfig(R"({"vms": [{"ram": "64M", "balloon": true,
+      "balloon_schedule": [{"at": 0.5, "target": "16M"}, {"at": 2, "target": 0}]}],
+      "control_socket": "off"})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(ValidateRunConfig(*c).ok()) << ValidateRunConfig(*c);
+  EXPECT_EQ(c->control_socket, "off");
+  const std::vector<VmConfig::BalloonStep> want = {{0.5, 16u << 20}, {2, 0}};
+  EXPECT_EQ(c->vms[0].balloon_schedule, want);
+
+  auto error = [](const char* json) {
+    absl::StatusOr<RunConfig> r = ParseRunConfig(json);
+    if (r.ok()) return std::string(ValidateRunConfig(*r).message());
+    return std::string(r.status().message());
+  };
+  EXPECT_NE(error(R"({"vms": [{"balloon_schedule": [{"at": 1, "target": "8M"}]}]})")
+                .find("balloon_schedule[0]: a balloon schedule needs \"balloon\": true"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"balloon": true, "balloon_schedule":
+                  [{"at": 2, "target": "8M"}, {"at": 1, "target": "4M"}]}]})")
+                .find("balloon_schedule[1].at: times must be non-negative and in order"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"ram": "64M", "balloon": true, "balloon_schedule":
+                  [{"at": 1, "target": "128M"}]}]})")
+                .find("balloon_schedule[0].target: larger than the VM's RAM"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"balloon": true, "balloon_schedule": [{"at": 1}]}]})")
+                .find("balloon_schedule[0]: expected {\"at\": seconds, \"target\": size}"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"balloon": true, "balloon_schedule": [{"at": 1, "target": "x"}]}]})")
+                .find("balloon_schedule[0].target: bad size"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace vmm

@@ -31,6 +31,9 @@ ABSL_FLAG(uint64_t, soft_slice, 100000,
           "soft backend: guest instructions per vCPU turn when a VM has several vCPUs");
 ABSL_FLAG(bool, shadow_audit, false,
           "soft backend, --paging=shadow: audit the shadow tables at every resync (slow)");
+ABSL_FLAG(std::string, cost_model, "",
+          "soft backend: JSON file overriding some or all per-event costs of the cost model "
+          "(docs/cost-model.md)");
 ABSL_FLAG(std::string, ram, "64M", "guest RAM per VM, e.g. 64M or 1G");
 ABSL_FLAG(int, vcpus, 1, "vCPUs per VM");
 ABSL_FLAG(int, count, 3, "number of identical VMs (without --config)");
@@ -83,7 +86,8 @@ int Fail(const absl::Status& status) {
 int Ctl(const std::vector<char*>& args) {
   using Json = vmm::ControlServer::Json;
   const std::string usage =
-      "usage: vmm ctl [--socket=PATH] list | stats VM | counters VM [PREFIX] | raw JSON";
+      "usage: vmm ctl [--socket=PATH] list | stats VM | counters VM [PREFIX] | balloon VM [SIZE] "
+      "| raw JSON";
   if (args.size() < 3) {
     std::fprintf(stderr, "vmm: %s\n", usage.c_str());
     return 2;
@@ -98,6 +102,9 @@ int Ctl(const std::vector<char*>& args) {
   } else if (what == "counters" && (n == 1 || n == 2)) {
     request = {{"cmd", "counters"}, {"vm", args[3]}};
     if (n == 2) request["prefix"] = args[4];
+  } else if (what == "balloon" && (n == 1 || n == 2)) {
+    request = {{"cmd", "balloon"}, {"vm", args[3]}};
+    if (n == 2) request["target"] = args[4];
   } else if (what == "raw" && n == 1) {
     request = Json::parse(args[3], nullptr, /*allow_exceptions=*/false);
     if (request.is_discarded()) {
@@ -161,6 +168,7 @@ absl::StatusOr<vmm::RunConfig> BuildConfig() {
   if (all || Specified("soft_cpu_khz")) config.soft_cpu_khz = absl::GetFlag(FLAGS_soft_cpu_khz);
   if (all || Specified("soft_slice")) config.soft_slice = absl::GetFlag(FLAGS_soft_slice);
   if (all || Specified("shadow_audit")) config.shadow_audit = absl::GetFlag(FLAGS_shadow_audit);
+  if (all || Specified("cost_model")) config.cost_model = absl::GetFlag(FLAGS_cost_model);
   if (all || Specified("control_socket")) config.control_socket = absl::GetFlag(FLAGS_control_socket);
   return config;
 }
@@ -171,7 +179,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "a hosted VMM with a pluggable memory manager.\n"
       "  vmm run [flags]    run guests (no flags: a few guests running the mix workload)\n"
-      "  vmm ctl [--socket=PATH] list | stats VM | counters VM [PREFIX] | raw JSON\n"
+      "  vmm ctl [--socket=PATH] list | stats VM | counters VM [PREFIX] | balloon VM [SIZE] | raw JSON\n"
       "                     ask a running vmm (docs/vmm.md, \"Control interface\")");
   RecordGivenFlags(argc, argv);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);

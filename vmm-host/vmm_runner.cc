@@ -42,6 +42,12 @@ std::string DefaultKernelPath() {
 absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
   const auto call_time = std::chrono::steady_clock::now();
   TRY(ValidateRunConfig(config));
+  // The cost model's table (docs/cost-model.md): a bad override file ends the
+  // run before anything starts, naming the key.
+  costmodel::CostTable costs = costmodel::CostTable::Default();
+  if (!config.cost_model.empty()) {
+    ASSIGN_OR_RETURN(costs, costmodel::CostTable::Default().WithOverrideFile(config.cost_model));
+  }
   const std::string kernel = config.kernel_path.empty() ? DefaultKernelPath() : config.kernel_path;
   ASSIGN_OR_RETURN(ElfImage image, LoadElfFile(kernel));
 
@@ -129,13 +135,27 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - call_time).count());
     m->Start();
   }
+  std::vector<size_t> next_step(machines.size(), 0);  // balloon schedules
   for (;;) {
     bool all_done = true;
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    for (auto& m : machines) {
+    for (size_t i = 0; i < machines.size(); ++i) {
+      Machine* m = machines[i].get();
       if (m->finished()) continue;
       all_done = false;
+      // Schedules count from the VM's own Start().
+      const double since_start = elapsed - (start_offsets[i] - start_offsets[0]);
+      const auto& schedule = config.vms[i].balloon_schedule;
+      while (next_step[i] < schedule.size() && since_start >= schedule[next_step[i]].at_seconds) {
+        const VmConfig::BalloonStep& step = schedule[next_step[i]++];
+        if (absl::Status s = m->SetBalloonTarget(step.target_bytes); !s.ok()) {
+          LOG(ERROR) << "vm " << m->name() << ": balloon schedule: " << s;
+        } else {
+          LOG(INFO) << "vm " << m->name() << ": balloon target " << (step.target_bytes >> 20)
+                    << " MiB (schedule, " << step.at_seconds << " s)";
+        }
+      }
       if (elapsed > m->timeout_seconds()) {
         m->Stop(MachineOutcome::kTimedOut,
                 absl::StrFormat("the guest did not exit within %.0f s", m->timeout_seconds()));
@@ -184,7 +204,7 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
     control.reset();  // before the machines it answers for
   }
   machines.clear();  // release every VM before the pool goes
-  TRY(WriteReport(config.report_path, RenderReport(host, outcome.vms, cmdlines)));
+  TRY(WriteReport(config.report_path, RenderReport(host, outcome.vms, cmdlines, &costs)));
   outcome.report_path = config.report_path;
   return outcome;
 }
