@@ -8,9 +8,13 @@
 //
 //   paging_bench [--runs=3] [--strategies=native,shadow,nested]
 //                [--workloads=ptchurn,memtouch4k,tlbstress,compute,mix]
+//                [--cost_model=overrides.json]
 //
 // Wall time is host seconds around vmm::RunVms, boot included (the same for
-// every strategy); the detail rows give the guest-side figures. Native is
+// every strategy); the detail rows give the guest-side figures. Modelled
+// cycles are the cost model's (docs/cost-model.md): the counters priced
+// with the default table, or with --cost_model's overrides; their ratio to
+// native is the figure to compare with the literature. Native is
 // the "bare metal" reference and takes no exits. Timings on shared machines
 // are noisy: medians and ratios only, never tests.
 #include <unistd.h>
@@ -32,6 +36,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "base/log.h"
+#include "costmodel/cost_model.h"
+#include "vmm-host/report.h"
 #include "vmm-host/run_config.h"
 #include "vmm-host/vmm_runner.h"
 
@@ -40,6 +46,7 @@ ABSL_FLAG(std::string, strategies, "native,shadow,nested",
           "paging strategies, the first is the reference");
 ABSL_FLAG(std::string, workloads, "ptchurn,memtouch4k,tlbstress,compute,mix",
           "rows: ptchurn, memtouch4k, tlbstress, compute, mix");
+ABSL_FLAG(std::string, cost_model, "", "JSON overrides of the cost model's table");
 
 namespace {
 
@@ -66,13 +73,17 @@ constexpr const char* kShownCounters[] = {
     "mmu_unsync", "mmu_resync", "mmu_flooded", "mmu_shadow_zapped", "mmu_recycled",
     "mmu_cache_miss", "roots_reused", "cr3_writes", "invlpg", "tlb_fills", "walk_refs",
     "guest_refs", "ept_refs", "ept_violation", "ept_large_installs", "ept_splits", "guest_faults",
-    "exits"};
+    "exits", "hw.tlb_hits", "hw.tlb_misses", "hw.pwc_misses", "hw.guest_refs", "hw.ntlb_hits",
+    "hw.ept_refs", "hw.soft_tlb_evictions"};
 
 struct Sample {
   double wall = 0;
   std::vector<vmm::GuestResult> results;
   std::map<std::string, uint64_t> counters;  // "<counter>" without the strategy prefix
+  costmodel::ModelledCycles cycles;
 };
+
+const costmodel::CostTable* g_costs = nullptr;
 
 std::optional<Sample> Run(const std::filesystem::path& dir, const Case& c,
                           const std::string& paging, std::string* error) {
@@ -108,6 +119,7 @@ std::optional<Sample> Run(const std::filesystem::path& dir, const Case& c,
   for (const base::CounterValue& v : r.vm_stats) {
     if (v.name.rfind(prefix, 0) == 0) s.counters[v.name.substr(prefix.size())] = v.value;
   }
+  s.cycles = vmm::ModelledCyclesOf(r, *g_costs);
   return s;
 }
 
@@ -144,6 +156,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "paging_bench: nothing to run\n");
     return 2;
   }
+  costmodel::CostTable costs = costmodel::CostTable::Default();
+  if (!absl::GetFlag(FLAGS_cost_model).empty()) {
+    absl::StatusOr<costmodel::CostTable> t = costs.WithOverrideFile(absl::GetFlag(FLAGS_cost_model));
+    if (!t.ok()) {
+      std::fprintf(stderr, "paging_bench: %s\n", std::string(t.status().message()).c_str());
+      return 2;
+    }
+    costs = *std::move(t);
+  }
+  g_costs = &costs;
 
   const auto dir = std::filesystem::temp_directory_path() / absl::StrCat("paging_bench_", getpid());
   std::filesystem::create_directories(dir);
@@ -178,8 +200,8 @@ int main(int argc, char** argv) {
   }
   std::filesystem::remove_all(dir);
 
-  std::printf("%-11s %-8s %9s %7s %10s   %s\n", "workload", "paging", "wall s", "ratio", "exits",
-              "results vs reference");
+  std::printf("%-11s %-8s %9s %7s %10s %14s %7s   %s\n", "workload", "paging", "wall s", "ratio",
+              "exits", "model Mcycles", "ratio", "results vs reference");
   for (size_t i = 0; i < cases.size(); ++i) {
     const double ref = Median(walls[i][0]);
     for (size_t s = 0; s < strategies.size(); ++s) {
@@ -194,8 +216,11 @@ int main(int argc, char** argv) {
         same = last[i][s].results == last[i][0].results ? "identical" : "DIFFERENT";
         if (same != "identical") failed = true;
       }
-      std::printf("%-11s %-8s %9.3f %7.3f %10s   %s\n", cases[i]->row, strategies[s].c_str(), w,
-                  w / ref, Count(last[i][s].counters, "exits").c_str(), same.c_str());
+      const double cycles = static_cast<double>(last[i][s].cycles.total);
+      const double ref_cycles = static_cast<double>(last[i][0].cycles.total);
+      std::printf("%-11s %-8s %9.3f %7.3f %10s %14.2f %7.3f   %s\n", cases[i]->row,
+                  strategies[s].c_str(), w, w / ref, Count(last[i][s].counters, "exits").c_str(),
+                  cycles / 1e6, ref_cycles > 0 ? cycles / ref_cycles : NAN, same.c_str());
     }
   }
 
@@ -212,6 +237,23 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < cases.size(); ++i) {
       for (size_t s = 0; s < strategies.size(); ++s) {
         std::printf(" %12s", Count(last[i][s].counters, name).c_str());
+      }
+    }
+    std::printf("\n");
+  }
+  std::printf("\nmodelled cycles by class, millions (table: %s)\n", costs.origin().c_str());
+  std::printf("%-18s", "class");
+  for (size_t i = 0; i < cases.size(); ++i) {
+    for (size_t s = 0; s < strategies.size(); ++s) {
+      std::printf(" %12s", absl::StrCat(cases[i]->row, "/", strategies[s].substr(0, 3)).c_str());
+    }
+  }
+  std::printf("\n");
+  for (std::string_view klass : costmodel::kClasses) {
+    std::printf("%-18s", std::string(klass).c_str());
+    for (size_t i = 0; i < cases.size(); ++i) {
+      for (size_t s = 0; s < strategies.size(); ++s) {
+        std::printf(" %12.3f", static_cast<double>(last[i][s].cycles.Class(klass)) / 1e6);
       }
     }
     std::printf("\n");

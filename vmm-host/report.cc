@@ -27,8 +27,21 @@ Json StatsJson(const BackendStats& stats) {
 
 }  // namespace
 
+costmodel::ModelledCycles ModelledCyclesOf(const MachineResult& r, const costmodel::CostTable& costs) {
+  costmodel::CostInputs in;
+  if (r.backend != "soft") return costmodel::Compute(costs, in);
+  // paging_mode is "soft/<strategy>".
+  const size_t slash = r.paging_mode.find('/');
+  in.strategy = slash == std::string::npos ? r.paging_mode : r.paging_mode.substr(slash + 1);
+  in.Add(r.vm_stats);
+  in.Add(r.vcpu_stats);
+  in.Add(r.exits.Snapshot("exits"));
+  return costmodel::Compute(costs, in);
+}
+
 std::string RenderReport(const HostReport& host, const std::vector<MachineResult>& vms,
-                         const std::vector<std::string>& cmdlines) {
+                         const std::vector<std::string>& cmdlines,
+                         const costmodel::CostTable* costs) {
   Json root;
   root["schema"] = "memvmm.report/1";
   Json h;
@@ -46,7 +59,7 @@ std::string RenderReport(const HostReport& host, const std::vector<MachineResult
   Json failed = Json::array();
   for (size_t i = 0; i < vms.size(); ++i) {
     const MachineResult& r = vms[i];
-    list.push_back(VmReportJson(r, i < cmdlines.size() ? cmdlines[i] : ""));
+    list.push_back(VmReportJson(r, i < cmdlines.size() ? cmdlines[i] : "", costs));
     if (r.ok()) {
       ++ok;
     } else {
@@ -62,7 +75,8 @@ std::string RenderReport(const HostReport& host, const std::vector<MachineResult
   return root.dump(2) + "\n";
 }
 
-nlohmann::ordered_json VmReportJson(const MachineResult& r, const std::string& cmdline) {
+nlohmann::ordered_json VmReportJson(const MachineResult& r, const std::string& cmdline,
+                                    const costmodel::CostTable* costs) {
   Json v;
   v["name"] = r.name;
   v["ok"] = r.ok();
@@ -89,6 +103,21 @@ nlohmann::ordered_json VmReportJson(const MachineResult& r, const std::string& c
   // LAPIC's and paging strategy's counters.
   v[r.backend + "_vm_stats"] = StatsJson(r.vm_stats);
   v[r.backend + "_vcpu_stats"] = StatsJson(r.vcpu_stats);
+  if (r.backend == "soft") {
+    // The cost model (docs/cost-model.md): the classes sum to the total.
+    const costmodel::CostTable& table = costs != nullptr ? *costs : costmodel::CostTable::Default();
+    const costmodel::ModelledCycles m = ModelledCyclesOf(r, table);
+    Json mc;
+    mc["total"] = m.total;
+    Json classes = Json::object();
+    for (const auto& [name, value] : m.classes) classes[name] = value;
+    mc["by_class"] = std::move(classes);
+    Json events = Json::object();
+    for (const auto& [name, count] : m.events) events[name] = count;
+    mc["events"] = std::move(events);
+    mc["table"] = table.origin();
+    v["modelled_cycles"] = std::move(mc);
+  }
   return v;
 }
 
