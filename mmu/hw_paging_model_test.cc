@@ -139,7 +139,7 @@ TEST_F(HwPagingModelTest, StlbEvictionsEvictFromTheSoftTlb) {
   config.tlb = TlbConfig::Unified(1, 2);
   HwPagingModel m(config);
   SoftTlb soft(SoftTlb::Config{.num_entries = 64});
-  static uint8_t pages[3][4096];
+  alignas(4096) static uint8_t pages[3][4096];
   const uint64_t va[3] = {0x1000, 0x2000, 0x3000};
   for (int i = 0; i < 3; ++i) {
     soft.Fill(SoftTlb::MmuIdx::kSupervisor, va[i], pages[i], {true, true, true});
