@@ -46,13 +46,14 @@ absl::StatusOr<std::unique_ptr<NativeStrategy>> NativeStrategy::Create(mmu::Gues
     return absl::InvalidArgumentError(
         absl::StrFormat("native strategy: max_vcpus %u not in 1..%u", options.max_vcpus, kMaxVcpus));
   }
-  return std::unique_ptr<NativeStrategy>(new NativeStrategy(mem, options.max_vcpus));
+  return std::unique_ptr<NativeStrategy>(new NativeStrategy(mem, options));
 }
 
-NativeStrategy::NativeStrategy(mmu::GuestPhysMemory* mem, uint32_t max_vcpus)
-    : PagingStrategy(mem, max_vcpus),
-      vcpu_counters_(std::make_unique<NativeVcpuCounters[]>(max_vcpus)),
-      hw_models_(max_vcpus, mmu::HwModelConfig{}) {}
+NativeStrategy::NativeStrategy(mmu::GuestPhysMemory* mem, const Options& options)
+    : PagingStrategy(mem, options.max_vcpus),
+      vcpu_counters_(std::make_unique<NativeVcpuCounters[]>(options.max_vcpus)),
+      hw_models_(options.max_vcpus,
+                 mmu::HwModelConfig{}.Bounding(options.hw_model_bounds_soft_tlb)) {}
 
 TranslateResult NativeStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& req,
                                           TranslateOutcome* out) noexcept {

@@ -86,6 +86,10 @@ class NativeStrategy final : public mmu::PagingStrategy {
  public:
   struct Options {
     uint32_t max_vcpus = 1;  // 1..kMaxVcpus
+    // The hardware model keeps the soft TLB within its modelled STLB
+    // (mmu::HwModelConfig::bound_soft_tlb): exact TLB counts for the cost
+    // model, at the price of more soft-TLB misses.
+    bool hw_model_bounds_soft_tlb = true;
   };
   static constexpr uint32_t kMaxVcpus = 1024;
   // How often Translate resolves a missing backing and walks again before it
@@ -127,7 +131,7 @@ class NativeStrategy final : public mmu::PagingStrategy {
     bool table = false;  // a guest paging-structure page, not the data page
   };
 
-  NativeStrategy(mmu::GuestPhysMemory* mem, uint32_t max_vcpus);
+  NativeStrategy(mmu::GuestPhysMemory* mem, const Options& options);
 
   mmu::TranslateResult TranslateOnce(mmu::VcpuMmu& vcpu, const mmu::AccessRequest& req,
                                      mmu::TranslateOutcome* out, Need* need,

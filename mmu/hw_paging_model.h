@@ -102,6 +102,13 @@ struct HwModelConfig {
   // Evict from the soft TLB the 4 KiB pages the STLB model evicts (above).
   bool bound_soft_tlb = true;
 
+  // This config with bound_soft_tlb set to `bound`.
+  HwModelConfig Bounding(bool bound) const {
+    HwModelConfig c = *this;
+    c.bound_soft_tlb = bound;
+    return c;
+  }
+
   // The defaults with the EPT dimension (the nested strategy's).
   static HwModelConfig TwoD() {
     HwModelConfig c;

@@ -67,7 +67,8 @@ NestedStrategy::NestedStrategy(mmu::GuestPhysMemory* mem, const Options& options
     : PagingStrategy(mem, options.max_vcpus),
       options_(options),
       vcpu_counters_(std::make_unique<NestedCounters[]>(options.max_vcpus)),
-      hw_models_(options.max_vcpus, mmu::HwModelConfig::TwoD()) {
+      hw_models_(options.max_vcpus,
+                 mmu::HwModelConfig::TwoD().Bounding(options.hw_model_bounds_soft_tlb)) {
   absl::MutexLock lock(&mu_);
   const EptPage* root = NewPage();
   ept_.eptp = mmu::MakeEptp(reinterpret_cast<uint64_t>(root), kEptLevels, /*enable_ad=*/false);

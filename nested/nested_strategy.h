@@ -93,6 +93,8 @@ class NestedStrategy final : public mmu::PagingStrategy {
     uint32_t max_vcpus = 1;
     // Install 2 MiB EPT entries where the backing allows.
     bool large_pages = true;
+    // See NativeStrategy::Options::hw_model_bounds_soft_tlb.
+    bool hw_model_bounds_soft_tlb = true;
   };
   static constexpr uint32_t kMaxVcpus = 1024;
   // Walks one translation may take: each EPT violation installs one entry,

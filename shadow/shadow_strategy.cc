@@ -77,7 +77,8 @@ ShadowStrategy::ShadowStrategy(mmu::GuestPhysMemory* mem, const Options& options
     : PagingStrategy(mem, options.max_vcpus),
       options_(options),
       roots_(options.max_vcpus),
-      hw_models_(options.max_vcpus, mmu::HwModelConfig{}) {}
+      hw_models_(options.max_vcpus,
+                 mmu::HwModelConfig{}.Bounding(options.hw_model_bounds_soft_tlb)) {}
 
 ShadowStrategy::~ShadowStrategy() {
   absl::MutexLock lock(&mu_);

@@ -168,6 +168,8 @@ absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text) {
       config.soft_slice = v.get<uint64_t>();
     } else if (key == "control_socket") {
       ASSIGN_OR_RETURN(config.control_socket, StringField(v, key));
+    } else if (key == "soft_hw_model") {
+      ASSIGN_OR_RETURN(config.soft_hw_model, StringField(v, key));
     } else if (key == "shadow_audit") {
       if (!v.is_boolean()) return FieldError(key, "expected true or false");
       config.shadow_audit = v.get<bool>();
@@ -217,6 +219,9 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
     return FieldError("soft_cpu_khz", "expected 1000 (1 MHz) to 100000000 (100 GHz)");
   }
   if (config.soft_slice == 0) return FieldError("soft_slice", "expected a positive integer");
+  if (config.soft_hw_model != "exact" && config.soft_hw_model != "fast") {
+    return FieldError("soft_hw_model", "expected \"exact\" or \"fast\"");
+  }
   if (config.vms.empty()) return absl::InvalidArgumentError("config: vms: no VMs to run");
   std::set<std::string> names;
   for (size_t i = 0; i < config.vms.size(); ++i) {

@@ -66,6 +66,9 @@ struct RunConfig {
   // resync and after every FrameTable invalidation (slow; for debugging and
   // tests). Failures count as shadow.audit_failures (docs/shadow.md).
   bool shadow_audit = false;
+  // The soft backend's hardware model: "exact" (default) or "fast"
+  // (SoftOptions::hw_model_exact; docs/cost-model.md).
+  std::string soft_hw_model = "exact";
   // A JSON file overriding some or all entries of the cost model's table
   // (docs/cost-model.md); "" keeps the default table.
   std::string cost_model;

@@ -40,18 +40,22 @@ absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> MakePagingStrategy(const So
                                                                         FrameTable* memory,
                                                                         uint32_t max_vcpus) {
   const std::string& name = options.paging;
+  const bool bound = options.hw_model_exact;
   if (name == "native") {
-    ASSIGN_OR_RETURN(auto s, cpu::NativeStrategy::Create(memory, {.max_vcpus = max_vcpus}));
+    ASSIGN_OR_RETURN(auto s, cpu::NativeStrategy::Create(
+                                 memory, {.max_vcpus = max_vcpus, .hw_model_bounds_soft_tlb = bound}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
   if (name == "shadow") {
     ASSIGN_OR_RETURN(auto s, shadow::ShadowStrategy::Create(
                                  memory, {.max_vcpus = max_vcpus,
+                                          .hw_model_bounds_soft_tlb = bound,
                                           .audit_on_resync = options.shadow_audit}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
   if (name == "nested") {
-    ASSIGN_OR_RETURN(auto s, nested::NestedStrategy::Create(memory, {.max_vcpus = max_vcpus}));
+    ASSIGN_OR_RETURN(auto s, nested::NestedStrategy::Create(
+                                 memory, {.max_vcpus = max_vcpus, .hw_model_bounds_soft_tlb = bound}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
   return absl::InvalidArgumentError(absl::StrCat("soft: unknown paging strategy \"", name, "\""));

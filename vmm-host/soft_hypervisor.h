@@ -64,6 +64,12 @@ struct SoftOptions {
   uint64_t slice = 100'000;
   // Shadow paging only: ShadowStrategy::Options::audit_on_resync.
   bool shadow_audit = false;
+  // The hardware TLB/PWC model behind the cost model (mmu/hw_paging_model.h)
+  // keeps the soft TLB within its modelled STLB, so that every hardware-TLB
+  // miss reaches it: exact modelled TLB counts, but many more soft-TLB misses
+  // on large working sets. False: the model sees only the soft TLB's own
+  // misses (an under-count) and the interpreter runs at full speed.
+  bool hw_model_exact = true;
 };
 
 class SoftHypervisor final : public Hypervisor {

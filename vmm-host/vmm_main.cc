@@ -29,6 +29,8 @@ ABSL_FLAG(uint64_t, soft_cpu_khz, 1000000,
           "soft backend: modelled CPU frequency in kHz (one instruction per cycle)");
 ABSL_FLAG(uint64_t, soft_slice, 100000,
           "soft backend: guest instructions per vCPU turn when a VM has several vCPUs");
+ABSL_FLAG(std::string, soft_hw_model, "exact",
+          "soft backend: exact (the cost model's TLB model bounds the soft TLB) or fast");
 ABSL_FLAG(bool, shadow_audit, false,
           "soft backend, --paging=shadow: audit the shadow tables at every resync (slow)");
 ABSL_FLAG(std::string, cost_model, "",
@@ -168,6 +170,7 @@ absl::StatusOr<vmm::RunConfig> BuildConfig() {
   if (all || Specified("soft_cpu_khz")) config.soft_cpu_khz = absl::GetFlag(FLAGS_soft_cpu_khz);
   if (all || Specified("soft_slice")) config.soft_slice = absl::GetFlag(FLAGS_soft_slice);
   if (all || Specified("shadow_audit")) config.shadow_audit = absl::GetFlag(FLAGS_shadow_audit);
+  if (all || Specified("soft_hw_model")) config.soft_hw_model = absl::GetFlag(FLAGS_soft_hw_model);
   if (all || Specified("cost_model")) config.cost_model = absl::GetFlag(FLAGS_cost_model);
   if (all || Specified("control_socket")) config.control_socket = absl::GetFlag(FLAGS_control_socket);
   return config;

@@ -76,6 +76,7 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
       options.cpu_khz = config.soft_cpu_khz;
       options.slice = config.soft_slice;
       options.shadow_audit = config.shadow_audit;
+      options.hw_model_exact = config.soft_hw_model == "exact";
       ASSIGN_OR_RETURN(hypervisors[key], SoftHypervisor::Create(options));
     }
   }
