@@ -220,33 +220,23 @@ void NativeStrategy::OnCr3Write(VcpuMmu& vcpu, uint64_t /*old_cr3*/, bool /*no_f
   // new CR3 always flushes, globals included (allowed: SDM §4.10.4.1 lists
   // what must be invalidated, never what must be kept).
   vcpu_counters_[vcpu.index].Inc(NativeVcpuCounters::kCr3Writes);
-  vcpu.tlb->FlushAll();
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnCr3Write();
+  hw_models_.Cr3Write(vcpu);
 }
 
 void NativeStrategy::OnModeChange(VcpuMmu& vcpu, bool /*old_paging*/,
                                   const mmu::PagingMode& /*old_mode*/) noexcept {
   vcpu_counters_[vcpu.index].Inc(NativeVcpuCounters::kModeChanges);
-  vcpu.tlb->FlushAll();
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnFlushAll();
+  hw_models_.FlushAll(vcpu);
 }
 
 void NativeStrategy::OnInvlpg(VcpuMmu& vcpu, uint64_t gva) noexcept {
   vcpu_counters_[vcpu.index].Inc(NativeVcpuCounters::kInvlpg);
-  vcpu.tlb->FlushPage(gva);
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnInvlpg(gva);
+  hw_models_.Invlpg(vcpu, gva);
 }
 
 void NativeStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush scope) noexcept {
   vcpu_counters_[vcpu.index].Inc(NativeVcpuCounters::kGuestTlbFlushes);
-  vcpu.tlb->FlushAll();
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) {
-    if (scope == mmu::TlbFlush::kAll) {
-      hw->OnFlushAll();
-    } else {
-      hw->OnFlushNonGlobal();
-    }
-  }
+  hw_models_.Flush(vcpu, scope);
 }
 
 void NativeStrategy::DropGfns(base::Gfn /*first*/, uint64_t count,

@@ -51,6 +51,7 @@
 #include "base/counters.h"
 #include "mmu/page_walk_cache.h"
 #include "mmu/paging_mode.h"
+#include "mmu/paging_strategy.h"
 #include "mmu/soft_tlb.h"
 #include "mmu/tlb_model.h"
 #include "mmu/walk_result.h"
@@ -217,6 +218,33 @@ class HwPagingModelSet {
   HwPagingModel* At(uint32_t index) const noexcept {
     return index < max_vcpus_ ? models_[index].load(std::memory_order_acquire) : nullptr;
   }
+  // A guest TLB event on `vcpu`: its soft TLB and its model react alike
+  // (every strategy's OnCr3Write, OnModeChange, OnInvlpg and OnTlbFlush end
+  // with one of these). The soft TLB has no PCID tags: a CR3 write flushes
+  // it whole, while the model keeps its global entries as hardware does.
+  void Cr3Write(VcpuMmu& vcpu) noexcept {
+    vcpu.tlb->FlushAll();
+    if (HwPagingModel* hw = At(vcpu.index)) hw->OnCr3Write();
+  }
+  void FlushAll(VcpuMmu& vcpu) noexcept {
+    vcpu.tlb->FlushAll();
+    if (HwPagingModel* hw = At(vcpu.index)) hw->OnFlushAll();
+  }
+  void Invlpg(VcpuMmu& vcpu, uint64_t gva) noexcept {
+    vcpu.tlb->FlushPage(gva);
+    if (HwPagingModel* hw = At(vcpu.index)) hw->OnInvlpg(gva);
+  }
+  void Flush(VcpuMmu& vcpu, TlbFlush scope) noexcept {
+    vcpu.tlb->FlushAll();
+    if (HwPagingModel* hw = At(vcpu.index)) {
+      if (scope == TlbFlush::kAll) {
+        hw->OnFlushAll();
+      } else {
+        hw->OnFlushNonGlobal();
+      }
+    }
+  }
+
   HwModelCounters Totals() const {
     HwModelCounters sum;
     for (uint32_t i = 0; i < max_vcpus_; ++i) {

@@ -373,33 +373,23 @@ TranslateResult NestedStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
 
 void NestedStrategy::OnCr3Write(VcpuMmu& vcpu, uint64_t /*old_cr3*/, bool /*no_flush*/) noexcept {
   vcpu_counters_[vcpu.index].Inc(NestedCounters::kCr3Writes);
-  vcpu.tlb->FlushAll();  // the soft TLB has no PCID tags (as native)
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnCr3Write();
+  hw_models_.Cr3Write(vcpu);  // the soft TLB has no PCID tags (as native)
 }
 
 void NestedStrategy::OnModeChange(VcpuMmu& vcpu, bool /*old_paging*/,
                                   const mmu::PagingMode& /*old_mode*/) noexcept {
   vcpu_counters_[vcpu.index].Inc(NestedCounters::kTlbFlush);
-  vcpu.tlb->FlushAll();
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnFlushAll();
+  hw_models_.FlushAll(vcpu);
 }
 
 void NestedStrategy::OnInvlpg(VcpuMmu& vcpu, uint64_t gva) noexcept {
   vcpu_counters_[vcpu.index].Inc(NestedCounters::kInvlpg);
-  vcpu.tlb->FlushPage(gva);
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnInvlpg(gva);
+  hw_models_.Invlpg(vcpu, gva);
 }
 
 void NestedStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush scope) noexcept {
   vcpu_counters_[vcpu.index].Inc(NestedCounters::kTlbFlush);
-  vcpu.tlb->FlushAll();
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) {
-    if (scope == mmu::TlbFlush::kAll) {
-      hw->OnFlushAll();
-    } else {
-      hw->OnFlushNonGlobal();
-    }
-  }
+  hw_models_.Flush(vcpu, scope);
 }
 
 // ---------------------------------------------------------------------------

@@ -758,8 +758,7 @@ void ShadowStrategy::OnCr3Write(VcpuMmu& vcpu, uint64_t /*old_cr3*/, bool /*no_f
     ApplyFlush(&vcpu, flush);
   }
   // The soft TLB has no PCID tags: a new CR3 flushes it (as native).
-  vcpu.tlb->FlushAll();
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnCr3Write();
+  hw_models_.Cr3Write(vcpu);
 }
 
 void ShadowStrategy::OnModeChange(VcpuMmu& vcpu, bool /*old_paging*/,
@@ -773,8 +772,7 @@ void ShadowStrategy::OnModeChange(VcpuMmu& vcpu, bool /*old_paging*/,
     SyncAll(vcpu, &flush);
     ApplyFlush(&vcpu, flush);
   }
-  vcpu.tlb->FlushAll();
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnFlushAll();
+  hw_models_.FlushAll(vcpu);
 }
 
 void ShadowStrategy::OnInvlpg(VcpuMmu& vcpu, uint64_t gva) noexcept {
@@ -804,8 +802,7 @@ void ShadowStrategy::OnInvlpg(VcpuMmu& vcpu, uint64_t gva) noexcept {
   }
   // INVLPG is local: this vCPU's page is enough (an spte shared with other
   // vCPUs' stale entries is as stale as their TLBs may legally be).
-  vcpu.tlb->FlushPage(gva);
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) hw->OnInvlpg(gva);
+  hw_models_.Invlpg(vcpu, gva);
 }
 
 void ShadowStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush scope) noexcept {
@@ -817,14 +814,7 @@ void ShadowStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush scope) noexcept {
     SyncAll(vcpu, &flush);
     ApplyFlush(&vcpu, flush);
   }
-  vcpu.tlb->FlushAll();
-  if (mmu::HwPagingModel* hw = hw_models_.At(vcpu.index)) {
-    if (scope == mmu::TlbFlush::kAll) {
-      hw->OnFlushAll();
-    } else {
-      hw->OnFlushNonGlobal();
-    }
-  }
+  hw_models_.Flush(vcpu, scope);
 }
 
 // ---------------------------------------------------------------------------
