@@ -27,8 +27,10 @@
 //
 // Notification: the kernel calls Poll() from its interrupt handler or, where the
 // device's interrupt line is not wired, from the timer tick. A Poll reads
-// InterruptStatus (one MMIO read); everything else it does is bounded: at most
-// one inflate or deflate request (`batch_pages` pages) and one report request.
+// InterruptStatus (one MMIO read); everything else it does is bounded: inflate
+// or deflate requests of `batch_pages` pages, one after another while the
+// device completes each during its notify, up to `poll_pages` pages, and one
+// report request.
 //
 // Queue numbering (§5.5.2): inflateq 0, deflateq 1, then statsq, free_page_vq and
 // reporting_vq, each present only with its feature, numbered compactly in that
@@ -110,6 +112,11 @@ class BalloonMemory {
   // when the guest is short of memory: a balloon must not cause an OOM.
   virtual uint64_t AllocPage() = 0;
   virtual void FreePage(uint64_t gpa) = 0;
+  // A page leaving the balloon: the host may have dropped its frame, so an
+  // allocator that can should take it back without writing it (a write makes
+  // the host back the page again, undoing the reclaim before the guest needs
+  // the page). The default is FreePage.
+  virtual void FreeDeflatedPage(uint64_t gpa) { FreePage(gpa); }
   // Free page reporting: removes up to `max_blocks` free, not yet reported,
   // naturally aligned blocks of 2^order pages from the allocator (they stay
   // counted as free) and stores their base addresses. Returns how many.
@@ -130,6 +137,9 @@ struct BalloonOptions {
   uint32_t report_order = 7;   // Free page reporting block: 2^order pages.
   uint32_t report_interval_polls = 100;  // Polls between report requests.
   uint32_t oom_pages = 256;    // Pages DeflateForOom releases at most per call.
+  // Pages inflated or deflated at most per Poll, in batches, while the device
+  // completes each request during its notify (at least one batch).
+  uint32_t poll_pages = 4096;
 };
 
 class VirtioBalloon {
@@ -162,8 +172,9 @@ class VirtioBalloon {
   VirtioStatus Init(const BalloonOptions& options);
 
   // The notification path: reads and acknowledges InterruptStatus, rereads
-  // num_pages on a configuration change, harvests used buffers and starts at most
-  // one inflate or deflate request and one report request. Returns kOk, or the
+  // num_pages on a configuration change, harvests used buffers and starts
+  // inflate or deflate requests (up to options.poll_pages pages while the device
+  // completes them during the notify, else one) and at most one report request. Returns kOk, or the
   // error that stopped the balloon (it then does nothing more; see failed()).
   VirtioStatus Poll();
 

@@ -49,6 +49,10 @@ class FakeBalloonMemory final : public BalloonMemory {
     if (used_.erase(gpa) != 1) errors.push_back("free of a page not allocated: " + std::to_string(gpa));
     free_.insert(gpa);
   }
+  void FreeDeflatedPage(uint64_t gpa) override {
+    ++deflated_frees;
+    FreePage(gpa);
+  }
   uint32_t TakeFreeBlocks(uint32_t order, uint64_t* gpas, uint32_t max_blocks) override {
     const uint64_t n = uint64_t{1} << order;
     uint32_t found = 0;
@@ -85,6 +89,7 @@ class FakeBalloonMemory final : public BalloonMemory {
   size_t num_isolated() const { return isolated_.size(); }
 
   size_t reserve = 0;
+  size_t deflated_frees = 0;  // pages freed through FreeDeflatedPage
   BalloonGuestStats stats;
   std::vector<std::string> errors;
 
@@ -241,6 +246,30 @@ TEST_F(VirtioBalloonTest, InflatesInBatchesThenDeflatesWithActualFollowing) {
   EXPECT_EQ(pages_.num_used(), 100u + 1);
   EXPECT_EQ(balloon_.counters().deflated_pages, 500u);
   EXPECT_EQ(balloon_.counters().config_changes, 1u);
+}
+
+// A device that completes each request during its notify (ours) gets the
+// next batch in the same poll, up to poll_pages; deflated pages go back
+// through FreeDeflatedPage (never written), the list's chunks through FreePage.
+TEST_F(VirtioBalloonTest, SeveralBatchesPerPollWhenTheDeviceCompletesDuringTheNotify) {
+  BalloonOptions options;
+  options.poll_pages = 1024;
+  ASSERT_EQ(balloon_.Init(options), VirtioStatus::kOk);
+  rig_.dev.auto_process = true;
+  SetTarget(2000);
+  ASSERT_EQ(balloon_.Poll(), VirtioStatus::kOk);
+  EXPECT_EQ(balloon_.actual_pages(), 1024u) << "four batches of 256 in one poll";
+  EXPECT_EQ(balloon_.counters().inflate_requests, 4u);
+  ASSERT_EQ(balloon_.Poll(), VirtioStatus::kOk);
+  EXPECT_EQ(balloon_.actual_pages(), 2000u);
+  EXPECT_EQ(Config(b::kConfigActual), 2000u);
+  SetTarget(0);
+  ASSERT_EQ(balloon_.Poll(), VirtioStatus::kOk);
+  EXPECT_EQ(balloon_.actual_pages(), 976u);
+  ASSERT_EQ(balloon_.Poll(), VirtioStatus::kOk);
+  EXPECT_EQ(balloon_.actual_pages(), 0u);
+  EXPECT_EQ(pages_.deflated_frees, 2000u);
+  EXPECT_EQ(pages_.num_used(), 0u) << "the list's chunk pages were freed too";
 }
 
 TEST_F(VirtioBalloonTest, ActualMovesOnlyWhenTheDeviceHasUsedTheBuffer) {

@@ -61,6 +61,8 @@ class KernelBalloonMemory final : public gd::BalloonMemory {
  public:
   uint64_t AllocPage() override { return AllocPageNoOom(reserve_pages); }
   void FreePage(uint64_t gpa) override { kernel::FreePage(gpa); }
+  // Deflated pages go to the allocator's table of untouched frames (pmm.h).
+  void FreeDeflatedPage(uint64_t gpa) override { PmmFreeUntouched(gpa); }
   uint32_t TakeFreeBlocks(uint32_t order, uint64_t* gpas, uint32_t max_blocks) override {
     // Bounded work per scan: at most a few blocks' worth of frames visited.
     uint64_t visit = (uint64_t{max_blocks} << order) * 2;
@@ -125,6 +127,7 @@ bool BalloonParseOption(const CmdlineWord& w, BalloonConfig* c, bool* ok) {
                     : StrEqN(key, key_len, "report_order") ? &c->report_order
                     : StrEqN(key, key_len, "report_ticks") ? &c->report_ticks
                     : StrEqN(key, key_len, "poll_ticks")   ? &c->poll_ticks
+                    : StrEqN(key, key_len, "poll_pages")   ? &c->poll_pages
                     : StrEqN(key, key_len, "reserve_pages") ? &c->reserve_pages
                     : StrEqN(key, key_len, "features")     ? &c->features
                                                            : nullptr;
@@ -156,6 +159,7 @@ void BalloonInit(const BalloonConfig& config) {
     gd::BalloonOptions o;
     o.features &= config.features;
     o.batch_pages = static_cast<uint32_t>(config.batch);
+    o.poll_pages = static_cast<uint32_t>(config.poll_pages > 0xffffffffull ? 0xffffffffull : config.poll_pages);
     o.report_order = static_cast<uint32_t>(config.report_order);
     o.report_interval_polls = static_cast<uint32_t>(
         config.report_ticks / (config.poll_ticks ? config.poll_ticks : 1) + 1);

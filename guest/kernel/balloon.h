@@ -6,13 +6,15 @@
 // Notification: the kernel does not program the IOAPIC, so the device's
 // interrupt line is never delivered. Instead BalloonTick() polls the device's
 // InterruptStatus register every `poll_ticks` ticks (one MMIO read, about 10 us
-// on the PVM host against a 10 ms tick) and does at most one request's worth of
-// work (`batch` pages).
+// on the PVM host against a 10 ms tick) and does at most `poll_pages` pages of
+// work, in requests of `batch` pages.
 //
 // Command line (docs/guest.md): virtio_balloon=0 turns it off;
 // virtio_balloon.batch=N (PFNs per request, 256), virtio_balloon.report_order=N
 // (free page reporting block order, 7), virtio_balloon.report_ticks=N (ticks
 // between report scans, 100), virtio_balloon.poll_ticks=N (1),
+// virtio_balloon.poll_pages=N (pages inflated or deflated at most per poll,
+// in batches, while the device completes each at once, 4096),
 // virtio_balloon.reserve_pages=N (free pages inflation leaves, 256),
 // virtio_balloon.features=MASK (balloon feature bits to ask for).
 //
@@ -31,6 +33,7 @@ struct BalloonConfig {
   uint64_t report_order = 7;
   uint64_t report_ticks = 100;
   uint64_t poll_ticks = 1;
+  uint64_t poll_pages = 4096;  // pages inflated/deflated at most per poll
   uint64_t reserve_pages = 256;
   uint64_t features = ~0ull;  // everything the driver supports
 };

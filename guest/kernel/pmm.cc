@@ -179,6 +179,34 @@ void PmmReturnReportedBlocks(uint32_t order, const uint64_t* pas, uint32_t num_b
   }
 }
 
+void PmmFreeUntouched(uint64_t pa) {
+  counts[pa / kPageSize] = 0;
+  ++stats.free_pages;
+  // Balloon pages leave the balloon in the reverse of the (mostly ascending)
+  // order they entered it: extending the last block downwards, or upwards,
+  // keeps a deflate of 1 GiB in a handful of table entries.
+  if (num_reported > 0) {
+    ReportedBlock& b = reported[num_reported - 1];
+    if (pa + kPageSize == b.next) {
+      b.next = pa;
+      ++b.pages_left;
+      ++stats.reported_pages;
+      return;
+    }
+    if (pa == b.next + b.pages_left * kPageSize) {
+      ++b.pages_left;
+      ++stats.reported_pages;
+      return;
+    }
+  }
+  if (num_reported < kMaxReportedBlocks) {
+    reported[num_reported++] = {pa, 1};
+    ++stats.reported_pages;
+  } else {
+    Push(&free_head, pa);  // table full: this writes the frame
+  }
+}
+
 uint16_t PageCount(uint64_t pa) { return counts[pa / kPageSize]; }
 void PageCountSet(uint64_t pa, uint16_t v) { counts[pa / kPageSize] = v; }
 void PageCountInc(uint64_t pa) { ++counts[pa / kPageSize]; }

@@ -35,7 +35,7 @@ struct PmmStats {
   uint64_t recycled_allocs;  // frames reused from the free list
   uint64_t zeroed_pages;     // frames the kernel zeroed (or asked the VMM to)
   uint64_t isolated_pages;   // free frames the device is being told about
-  uint64_t reported_pages;   // free frames in reported blocks (host may have dropped them)
+  uint64_t reported_pages;   // free frames in the reported-block table (host may have dropped them)
   uint64_t oom_retries;      // allocations that called the out-of-memory hook
 };
 
@@ -70,6 +70,12 @@ uint32_t PmmTakeFreeBlocks(uint32_t order, uint64_t* pas, uint32_t max_blocks,
 // (the host may have dropped them): they are handed out last among recycled
 // frames, from a table of blocks kept outside them.
 void PmmReturnReportedBlocks(uint32_t order, const uint64_t* pas, uint32_t num_blocks);
+// Frees one frame the host may have dropped (a page deflated from the
+// balloon) without writing it: it joins the reported-block table, merged with
+// the last entry when adjacent, so deflating stays free for the host until the
+// guest really uses the page. Falls back to the free list (a write) when the
+// table is full.
+void PmmFreeUntouched(uint64_t pa);
 
 uint16_t PageCount(uint64_t pa);
 void PageCountSet(uint64_t pa, uint16_t v);
