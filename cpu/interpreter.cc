@@ -50,11 +50,17 @@ Interpreter::Interpreter(CpuState* state, mmu::VcpuMmu* vcpu, mmu::PagingStrateg
     : state_(*state),
       vcpu_(*vcpu),
       tlb_(vcpu->tlb),
-      strategy_(*strategy),
+      strategy_(strategy),
       platform_(platform),
       blocks_(new Block[kNumBlocks]),
       seen_flush_generation_(strategy->flush_generation()) {
   static_assert((kNumBlocks & (kNumBlocks - 1)) == 0);
+}
+
+void Interpreter::set_strategy(mmu::PagingStrategy* strategy) noexcept {
+  strategy_ = strategy;
+  seen_flush_generation_ = strategy->flush_generation();
+  FlushDecodeCache();  // also breaks the chains
 }
 
 void Interpreter::FlushDecodeCache() noexcept {
@@ -154,11 +160,11 @@ mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
   req.rflags_ac = (state_.rflags_other & kFlagAc) != 0;
   for (uint32_t attempt = 0;; ++attempt) {
     mmu::TranslateOutcome out;
-    const TranslateResult r = strategy_.Translate(vcpu_, req, &out);
+    const TranslateResult r = strategy_->Translate(vcpu_, req, &out);
     if ((r == TranslateResult::kRetry || r == TranslateResult::kSpurious) &&
         attempt < kMaxTranslateRetries) {
       counters_.Inc(InterpreterCounters::kTranslateRetries);
-      strategy_.SyncInvalidations(vcpu_);
+      strategy_->SyncInvalidations(vcpu_);
       if (attempt >= kQuickTranslateRetries) std::this_thread::yield();
       continue;
     }
@@ -421,8 +427,8 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
     state_.instructions = start_count + retired;
     // Apply posted soft-TLB flushes; a moved generation may mean host frames
     // were reused, so decoded blocks keyed by host address go too.
-    strategy_.SyncInvalidations(vcpu_);
-    const uint64_t gen = strategy_.flush_generation();
+    strategy_->SyncInvalidations(vcpu_);
+    const uint64_t gen = strategy_->flush_generation();
     if (gen != seen_flush_generation_) [[unlikely]] {
       seen_flush_generation_ = gen;
       FlushDecodeCache();

@@ -216,6 +216,15 @@ class Interpreter {
   // set): re-derive the translation registers in the VcpuMmu and tell the
   // strategy.
   void SyncPagingRegisters() noexcept;
+  // The VM switched paging strategies (docs/paging-strategies.md,
+  // "Switching"): from now on misses and guest events go to `strategy`,
+  // which the vCPU is already attached to (AttachVcpu flushed its soft TLB).
+  // Breaks every block chain and drops every decoded block (a flush the old
+  // strategy posted while the vCPU was quiescent would otherwise be lost),
+  // and takes the new strategy's flush generation as seen. vCPU thread,
+  // between Run() calls.
+  void set_strategy(mmu::PagingStrategy* strategy) noexcept;
+  mmu::PagingStrategy* strategy() const noexcept { return strategy_; }
 
   const InterpreterCounters& counters() const { return counters_; }
 
@@ -452,7 +461,7 @@ class Interpreter {
   CpuState& state_;
   mmu::VcpuMmu& vcpu_;
   mmu::SoftTlb* const tlb_;  // vcpu_.tlb, one load closer to the hit path
-  mmu::PagingStrategy& strategy_;
+  mmu::PagingStrategy* strategy_;  // reseatable: set_strategy()
   CpuPlatform* platform_;
 
   // Set by the executing instruction.

@@ -503,7 +503,7 @@ bool Interpreter::WriteCr(uint8_t cr, uint64_t value) noexcept {
       const uint64_t old = vcpu_.cr3;
       state_.cr3 = value;
       vcpu_.cr3 = value;
-      strategy_.OnCr3Write(vcpu_, old, false);
+      strategy_->OnCr3Write(vcpu_, old, false);
       return true;
     }
     case 4: {
@@ -512,7 +512,7 @@ bool Interpreter::WriteCr(uint8_t cr, uint64_t value) noexcept {
       state_.cr4 = value;
       SyncPagingRegisters();
       // Toggling PGE flushes global translations too (§4.10.4.1).
-      if ((old ^ value) & kCr4Pge) strategy_.OnTlbFlush(vcpu_, mmu::TlbFlush::kAll);
+      if ((old ^ value) & kCr4Pge) strategy_->OnTlbFlush(vcpu_, mmu::TlbFlush::kAll);
       return true;
     }
     case 8:
@@ -542,9 +542,9 @@ void Interpreter::SyncPagingRegisters() noexcept {
   if (vcpu_.cr3 != state_.cr3) {
     const uint64_t old = vcpu_.cr3;
     vcpu_.cr3 = state_.cr3;
-    strategy_.OnCr3Write(vcpu_, old, false);
+    strategy_->OnCr3Write(vcpu_, old, false);
   }
-  if (changed) strategy_.OnModeChange(vcpu_, old_paging, old_mode);
+  if (changed) strategy_->OnModeChange(vcpu_, old_paging, old_mode);
 }
 
 bool Interpreter::ReadMsr(uint32_t msr, uint64_t* value) noexcept {
@@ -864,7 +864,7 @@ Interpreter::Flow Interpreter::ExecuteSystem(const DecodedInsn& in) noexcept {
       if (!cpl0) return gp0();
       counters_.Inc(InterpreterCounters::kInvlpgs);
       BreakChains();  // a link may lead into the page
-      strategy_.OnInvlpg(vcpu_, EffectiveAddress(in));
+      strategy_->OnInvlpg(vcpu_, EffectiveAddress(in));
       return Flow::kNext;
     case Op::kLgdt:
     case Op::kLidt: {

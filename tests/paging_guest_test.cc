@@ -7,7 +7,9 @@
 //     tables are audited at every resync meanwhile;
 //   - FrameTable invalidations of random gfns (harvests, copy-on-write
 //     shares and their breaks) while a workload runs lose no data; under
-//     shadow the audit after each finds the shadow tables exact.
+//     shadow the audit after each finds the shadow tables exact;
+//   - switching the strategy at random moments while a workload runs
+//     changes none of its results.
 #include <unistd.h>
 
 #include <algorithm>
@@ -210,6 +212,99 @@ TEST_P(InvalidationTest, InvalidationsDuringAWorkloadLoseNoData) {
 
 INSTANTIATE_TEST_SUITE_P(Strategies, InvalidationTest, ::testing::Values("shadow", "nested"),
                          [](const auto& param_info) { return param_info.param; });
+
+// A host thread switches the VM's paging strategy (native, shadow, nested)
+// at random moments, many times, while the guest runs mix, and changes the
+// backing of random gfns meanwhile (harvests, copy-on-write shares): each
+// switch drops the old strategy's state and the new one rebuilds it lazily
+// (docs/paging-strategies.md, "Switching strategies while the VM runs").
+// The guest never notices: it computes exactly what an unswitched native run
+// computes (every result, timing included: guest time counts instructions).
+// A switch that kept stale soft-TLB entries (no flush on attach) would let
+// the guest write page tables shadow has write-protected (the audit at each
+// resync reports it) or write frames that a share replaced (data lost); one
+// that kept the old invalidation listener would miss the shares.
+TEST_F(PagingGuestTest, SwitchingStrategiesWhileRunningChangesNothing) {
+  absl::StatusOr<ElfImage> image = LoadElfFile(DefaultKernelPath());
+  ASSERT_TRUE(image.ok()) << image.status();
+  absl::StatusOr<std::unique_ptr<SoftHypervisor>> hv =
+      SoftHypervisor::Create({.paging = "native", .shadow_audit = true});
+  ASSERT_TRUE(hv.ok()) << hv.status();
+  absl::StatusOr<std::unique_ptr<FramePool>> pool =
+      FramePool::Create({.budget_bytes = 3 * kRamBytes});
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  MachineEnv env;
+  env.hypervisor = hv->get();
+  env.pool = pool->get();
+  env.image = &*image;
+  env.log_dir = (dir_ / "logs").string();
+
+  // The reference: native, never switched.
+  MachineResult reference;
+  {
+    absl::StatusOr<std::unique_ptr<Machine>> m = Machine::Create(Vm("ref", "native", "mix"), env);
+    ASSERT_TRUE(m.ok()) << m.status();
+    (*m)->Start();
+    reference = (*m)->Wait();
+    ASSERT_TRUE(reference.ok()) << reference.failure << "\n" << reference.console_tail;
+  }
+
+  absl::StatusOr<std::unique_ptr<Machine>> machine = Machine::Create(Vm("switched", "native", "mix"), env);
+  ASSERT_TRUE(machine.ok()) << machine.status();
+  FrameTable& memory = (*machine)->memory();
+  const uint64_t pages = kRamBytes >> base::kPageShift;
+  EXPECT_FALSE((*machine)->SetPagingStrategy("bogus").ok());
+  (*machine)->Start();
+  std::mt19937_64 rng(std::random_device{}());
+  const char* const kStrategies[] = {"native", "shadow", "nested"};
+  uint64_t requests = 0, shares = 0;
+  std::vector<uint8_t> ad;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(250);
+  while (!(*machine)->finished() && std::chrono::steady_clock::now() < deadline) {
+    if (rng() % 4 == 0) {
+      ASSERT_TRUE((*machine)->SetPagingStrategy(kStrategies[rng() % 3]).ok());
+      ++requests;
+    }
+    const base::Gfn gfn(rng() % pages);
+    if (rng() % 2 == 0) {
+      (void)memory.Harvest(gfn, std::min<uint64_t>(1 + rng() % 32, pages - gfn.value()), &ad);
+    } else if (memory.Lookup(gfn).state() == GfnState::kPresent) {
+      std::optional<base::Hfn> copy = (*pool)->AllocateFrame();
+      ASSERT_TRUE(copy.has_value());
+      const uint8_t* now = memory.HostPage(gfn.value(), /*for_write=*/false);
+      if (now != nullptr) {
+        std::memcpy((*pool)->HostPtr(*copy), now, base::kPageSize);
+        if (memory.ShareReadOnly(gfn, *copy).ok()) ++shares;
+      }
+      (*pool)->Unref(*copy);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50 + rng() % 1000));
+  }
+  const MachineResult r = (*machine)->Wait();
+  ASSERT_TRUE(r.ok()) << MachineOutcomeName(r.outcome) << ": " << r.failure << "\n" << r.console_tail;
+  const std::map<std::string, uint64_t> data = vmm::testing::DataResults(r);
+  EXPECT_EQ(data.at("mix.checksum_ok"), 1u);
+  EXPECT_EQ(data, vmm::testing::DataResults(reference));
+  EXPECT_EQ(r.results, reference.results);
+  EXPECT_EQ(Stats(r.vcpu_stats).at("cpu.instructions"), Stats(reference.vcpu_stats).at("cpu.instructions"));
+
+  const std::map<std::string, uint64_t> s = Stats(r.vm_stats);
+  EXPECT_EQ(r.paging_mode, "soft/native");  // how it started
+  EXPECT_TRUE(IsPagingStrategy(r.paging_strategy)) << r.paging_strategy;
+  EXPECT_GT(s.at("vm.strategy_switches"), 20u);
+  EXPECT_LE(s.at("vm.strategy_switches"), requests);  // requests not yet served coalesce
+  EXPECT_EQ(s.at("vm.strategy_switch_failures"), 0u);
+  EXPECT_GT(shares, 20u);
+  // Every strategy ran, and the replaced ones' counters are kept.
+  EXPECT_GT(s.at("native.walks"), 0u);
+  EXPECT_GT(s.at("shadow.pf_fixed"), 0u);
+  EXPECT_GT(s.at("nested.walks"), 0u);
+  EXPECT_GT(s.at("shadow.audits"), 0u) << "the shadow audit never ran";
+  EXPECT_EQ(s.at("shadow.audit_failures"), 0u) << "see the ERROR line in the log";
+  std::printf("switch requests %llu, switches %llu, shares %llu\n", static_cast<unsigned long long>(requests),
+              static_cast<unsigned long long>(s.at("vm.strategy_switches")),
+              static_cast<unsigned long long>(shares));
+}
 
 }  // namespace
 }  // namespace vmm

@@ -91,6 +91,33 @@ TEST_F(VmmControlTest, CtlListsAndReadsRunningVmsAndNamesErrors) {
   EXPECT_EQ(r.status, 1) << r.out;
   EXPECT_NE(r.out.find("has no balloon"), std::string::npos) << r.out;
 
+  // Switching the paging strategy of a running VM: the vCPU thread does it
+  // at its next safe point (docs/paging-strategies.md, "Switching").
+  r = Ctl("paging vm1 shadow");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = Parse(r.out);
+  EXPECT_EQ(j["requested"], "shadow");
+  EXPECT_EQ(j["paging_mode"], "soft/native");
+  bool switched = false;
+  for (int i = 0; i < 200 && !switched; ++i) {
+    j = Parse(Ctl("paging vm1").out);
+    switched = j["strategy"] == "shadow";
+    if (!switched) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (switched) {
+    EXPECT_GE(j["switches"].get<uint64_t>(), 1u) << j.dump();
+    j = Parse(Ctl("stats vm1").out);
+    EXPECT_EQ(j["stats"]["paging_strategy"], "shadow") << j.dump();
+    // The old strategy's counters stay in the report.
+    EXPECT_TRUE(j["stats"]["soft_vm_stats"].contains("native.translations")) << j.dump();
+    EXPECT_TRUE(j["stats"]["soft_vm_stats"].contains("shadow.pf_fixed")) << j.dump();
+  } else {
+    EXPECT_EQ(Parse(Ctl("list").out)["vms"][1]["state"], "finished") << "the switch never happened";
+  }
+  r = Ctl("paging vm1 ept");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("unknown paging strategy"), std::string::npos) << r.out;
+
   r = Ctl("stats nosuch");
   EXPECT_EQ(r.status, 1) << r.out;
   EXPECT_NE(r.out.find("unknown VM 'nosuch'"), std::string::npos) << r.out;

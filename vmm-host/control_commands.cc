@@ -73,6 +73,26 @@ Json Balloon(Machine& machine, const Json& request) {
   return out;
 }
 
+// {"cmd": "paging", "vm", "strategy": name (optional)}: asks the VM to
+// switch its paging strategy when given (the vCPU thread does it at its next
+// safe point), and answers the strategy running now and the switches done.
+Json Paging(Machine& machine, const Json& request) {
+  Json out = {{"ok", true}, {"vm", machine.name()}};
+  if (request.contains("strategy")) {
+    if (!request["strategy"].is_string()) return ControlServer::Error("\"strategy\" must be a string");
+    const std::string name = request["strategy"].get<std::string>();
+    if (absl::Status s = machine.SetPagingStrategy(name); !s.ok()) return ControlServer::Error(s.message());
+    out["requested"] = name;
+  }
+  const MachineResult r = machine.Snapshot();
+  out["paging_mode"] = r.paging_mode;
+  out["strategy"] = r.paging_strategy;
+  for (const base::CounterValue& c : r.vm_stats) {
+    if (c.name == "vm.strategy_switches") out["switches"] = c.value;
+  }
+  return out;
+}
+
 }  // namespace
 
 ControlServer::Handler MakeControlHandler(std::vector<Machine*> machines) {
@@ -89,9 +109,9 @@ ControlServer::Handler MakeControlHandler(std::vector<Machine*> machines) {
       }
       return {{"ok", true}, {"vms", std::move(vms)}};
     }
-    if (cmd != "stats" && cmd != "counters" && cmd != "balloon") {
+    if (cmd != "stats" && cmd != "counters" && cmd != "balloon" && cmd != "paging") {
       return ControlServer::Error(
-          absl::StrCat("unknown command '", cmd, "' (known: list, stats, counters, balloon)"));
+          absl::StrCat("unknown command '", cmd, "' (known: list, stats, counters, balloon, paging)"));
     }
     if (!request.contains("vm") || !request["vm"].is_string()) {
       return ControlServer::Error(absl::StrCat("'", cmd, "' needs a string \"vm\""));
@@ -103,6 +123,7 @@ ControlServer::Handler MakeControlHandler(std::vector<Machine*> machines) {
     }
     if (machine == nullptr) return ControlServer::Error(absl::StrCat("unknown VM '", name, "'"));
     if (cmd == "balloon") return Balloon(*machine, request);
+    if (cmd == "paging") return Paging(*machine, request);
     const MachineResult snapshot = machine->Snapshot();
     if (cmd == "stats") {
       Json out = VmReportJson(snapshot, machine->cmdline());

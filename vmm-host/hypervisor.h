@@ -141,6 +141,18 @@ class Vm {
     return absl::UnimplementedError("this backend runs each vCPU on its own thread");
   }
   virtual absl::StatusOr<BackendStats> Stats() = 0;
+  // Asks the VM to switch its paging strategy to `name` while it runs
+  // (docs/paging-strategies.md, "Switching strategies while the VM runs").
+  // Any thread; returns once the request is posted: the VM's vCPU thread
+  // performs the switch at its next safe point (the vCPUs are kicked so that
+  // it comes soon). Unimplemented on backends with one fixed translation
+  // scheme (kvm).
+  virtual absl::Status SetPagingStrategy(std::string_view /*name*/) {
+    return absl::UnimplementedError("this backend cannot switch paging strategies (soft only)");
+  }
+  // The paging strategy the VM runs now ("native", "shadow", "nested"), or
+  // empty where the backend has none to switch. Any thread.
+  virtual std::string PagingStrategyName() { return ""; }
 };
 
 class FrameTable;

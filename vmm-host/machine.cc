@@ -176,6 +176,17 @@ absl::Status Machine::SetBalloonTarget(uint64_t bytes) {
   return absl::OkStatus();
 }
 
+absl::Status Machine::SetPagingStrategy(std::string_view name) {
+  absl::Status s = vm_->SetPagingStrategy(name);
+  if (absl::IsUnimplemented(s)) {
+    return absl::FailedPreconditionError(absl::StrCat("vm ", config_.name, ": the ",
+                                                      std::string(env_.hypervisor->name()),
+                                                      " backend cannot switch paging strategies (soft only)"));
+  }
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("vm ", config_.name, ": ", s.message()));
+  return absl::OkStatus();
+}
+
 Machine::~Machine() {
   if (thread_.joinable()) {
     Stop(MachineOutcome::kStopped, "machine destroyed");
@@ -308,6 +319,7 @@ MachineResult Machine::Collect() {
   r.name = config_.name;
   r.backend = std::string(env_.hypervisor->name());
   r.paging_mode = env_.hypervisor->paging_mode();
+  r.paging_strategy = vm_->PagingStrategyName();
   {
     absl::MutexLock lock(&mu_);
     r.outcome = outcome_;

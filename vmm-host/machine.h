@@ -56,7 +56,10 @@ const char* MachineOutcomeName(MachineOutcome outcome);
 struct MachineResult {
   std::string name;
   std::string backend;      // "kvm", "soft"
-  std::string paging_mode;  // Hypervisor::paging_mode()
+  std::string paging_mode;  // Hypervisor::paging_mode(): how the VM started
+  // The paging strategy running at the end (soft: it may have been switched
+  // while the VM ran, counted as vm.strategy_switches); empty on kvm.
+  std::string paging_strategy;
   MachineOutcome outcome = MachineOutcome::kStopped;
   std::optional<uint32_t> exit_code;  // the guest's debug-exit code
   std::string failure;                // one line, when not a clean exit
@@ -120,6 +123,12 @@ class Machine {
   // rounded down to 4 KiB pages) and tells the guest. FailedPrecondition
   // without a balloon; InvalidArgument above the VM's RAM. Any thread.
   absl::Status SetBalloonTarget(uint64_t bytes);
+  // Switches the VM's paging strategy ("native", "shadow", "nested") while
+  // it runs (docs/paging-strategies.md, "Switching strategies while the VM
+  // runs"): the vCPU thread does it at its next safe point, after this
+  // returns. FailedPrecondition on a backend that cannot switch (kvm);
+  // InvalidArgument for an unknown name. Any thread.
+  absl::Status SetPagingStrategy(std::string_view name);
 
  private:
   Machine(VmConfig config, MachineEnv env);

@@ -99,6 +99,7 @@ nlohmann::ordered_json VmReportJson(const MachineResult& r, const std::string& c
   v["results"] = results;
   v["backend"] = r.backend;
   v["paging_mode"] = r.paging_mode;
+  if (!r.paging_strategy.empty()) v["paging_strategy"] = r.paging_strategy;
   // The backend's own statistics: KVM's binary stats, or the soft CPU's,
   // LAPIC's and paging strategy's counters.
   v[r.backend + "_vm_stats"] = StatsJson(r.vm_stats);

@@ -86,6 +86,22 @@ absl::StatusOr<VmConfig> ParseVm(const Json& j, const std::string& where, VmConf
         ASSIGN_OR_RETURN(b.target_bytes, SizeField(s["target"], absl::StrCat(step, ".target")));
         vm.balloon_schedule.push_back(b);
       }
+    } else if (key == "paging_schedule") {
+      if (!v.is_array()) {
+        return FieldError(field, "expected an array of {\"at\": seconds, \"strategy\": name}");
+      }
+      vm.paging_schedule.clear();
+      for (size_t i = 0; i < v.size(); ++i) {
+        const std::string step = absl::StrCat(field, "[", i, "]");
+        const Json& s = v[i];
+        if (!s.is_object() || s.size() != 2 || !s.contains("at") || !s.contains("strategy")) {
+          return FieldError(step, "expected {\"at\": seconds, \"strategy\": name}");
+        }
+        VmConfig::PagingStep p;
+        ASSIGN_OR_RETURN(p.at_seconds, NumberField(s["at"], absl::StrCat(step, ".at")));
+        ASSIGN_OR_RETURN(p.strategy, StringField(s["strategy"], absl::StrCat(step, ".strategy")));
+        vm.paging_schedule.push_back(std::move(p));
+      }
     } else if (key == "count") {
       // handled by the caller
     } else {
@@ -281,6 +297,23 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
       }
       if (step.target_bytes > vm.ram_bytes) {
         return FieldError(absl::StrCat(field, ".target"), "larger than the VM's RAM");
+      }
+      last_at = step.at_seconds;
+    }
+    last_at = 0;
+    for (size_t s = 0; s < vm.paging_schedule.size(); ++s) {
+      const VmConfig::PagingStep& step = vm.paging_schedule[s];
+      const std::string field = absl::StrCat(where, ".paging_schedule[", s, "]");
+      if (vm.backend != "soft") {
+        return FieldError(field, "switching paging strategies needs the soft backend");
+      }
+      if (!(step.at_seconds >= last_at)) {
+        return FieldError(absl::StrCat(field, ".at"), "times must be non-negative and in order");
+      }
+      if (!IsPagingStrategy(step.strategy)) {
+        return FieldError(absl::StrCat(field, ".strategy"),
+                          absl::StrCat("unknown paging strategy \"", step.strategy, "\" (available: ",
+                                       kPagingStrategies, ")"));
       }
       last_at = step.at_seconds;
     }

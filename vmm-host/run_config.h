@@ -45,6 +45,15 @@ struct VmConfig {
     bool operator==(const BalloonStep&) const = default;
   };
   std::vector<BalloonStep> balloon_schedule;
+  // Paging strategy switches over time (soft only; docs/paging-strategies.md,
+  // "Switching strategies while the VM runs"): at `at_seconds` after the VM
+  // starts, it switches to `strategy`. In time order.
+  struct PagingStep {
+    double at_seconds = 0;
+    std::string strategy;
+    bool operator==(const PagingStep&) const = default;
+  };
+  std::vector<PagingStep> paging_schedule;
   double timeout_seconds = 120;
 };
 

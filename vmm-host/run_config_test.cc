@@ -92,5 +92,43 @@ TEST(RunConfigTest, BalloonScheduleParsesAndIsChecked) {
             std::string::npos);
 }
 
+TEST(RunConfigTest, PagingScheduleParsesAndIsChecked) {
+  absl::StatusOr<RunConfig> c = ParseRunConfig(R"({"vms": [{"backend": "soft",
+      "paging_schedule": [{"at": 0.5, "strategy": "shadow"}, {"at": 0.5, "strategy": "nested"},
+                          {"at": 2, "strategy": "native"}]}]})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(ValidateRunConfig(*c).ok()) << ValidateRunConfig(*c);
+  const std::vector<VmConfig::PagingStep> want = {{0.5, "shadow"}, {0.5, "nested"}, {2, "native"}};
+  EXPECT_EQ(c->vms[0].paging_schedule, want);
+
+  auto error = [](const char* json) {
+    absl::StatusOr<RunConfig> r = ParseRunConfig(json);
+    if (r.ok()) return std::string(ValidateRunConfig(*r).message());
+    return std::string(r.status().message());
+  };
+  EXPECT_NE(error(R"({"vms": [{"backend": "kvm", "paging_schedule": [{"at": 1, "strategy": "shadow"}]}]})")
+                .find("paging_schedule[0]: switching paging strategies needs the soft backend"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"backend": "soft", "paging_schedule":
+                  [{"at": 2, "strategy": "shadow"}, {"at": 1, "strategy": "native"}]}]})")
+                .find("paging_schedule[1].at: times must be non-negative and in order"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"backend": "soft", "paging_schedule": [{"at": -1, "strategy": "shadow"}]}]})")
+                .find("paging_schedule[0].at: times must be non-negative and in order"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"backend": "soft", "paging_schedule": [{"at": 1, "strategy": "ept"}]}]})")
+                .find("paging_schedule[0].strategy: unknown paging strategy \"ept\""),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"backend": "soft", "paging_schedule": [{"at": 1}]}]})")
+                .find("paging_schedule[0]: expected {\"at\": seconds, \"strategy\": name}"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"backend": "soft", "paging_schedule": [{"at": 1, "strategy": 3}]}]})")
+                .find("paging_schedule[0].strategy: expected a string"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"vms": [{"backend": "soft", "paging_schedule": {"at": 1}}]})")
+                .find("paging_schedule: expected an array"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace vmm

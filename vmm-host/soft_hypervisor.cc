@@ -78,6 +78,11 @@ BASE_DEFINE_COUNTERS(SoftVcpuCounters, VMM_SOFT_VCPU_COUNTERS);
   X(Parked, parked)            /* turns of a vCPU halted with interrupts off */
 BASE_DEFINE_COUNTERS(SoftSchedCounters, VMM_SOFT_SCHED_COUNTERS);
 
+#define VMM_SOFT_VM_COUNTERS(X)                                                        \
+  X(StrategySwitches, strategy_switches)  /* paging strategy switches done */           \
+  X(StrategySwitchFailures, strategy_switch_failures) /* new strategy not created */
+BASE_DEFINE_COUNTERS(SoftVmCounters, VMM_SOFT_VM_COUNTERS);
+
 // One vCPU: its architectural state, soft TLB, local APIC and interpreter.
 // It is the interpreter's CpuPlatform: interrupt controller accesses are
 // served here, everything else becomes an exit.
@@ -98,6 +103,13 @@ class SoftVcpu final : public Vcpu, public cpu::CpuPlatform {
   // An interrupt from the I/O APIC (any thread).
   void PostInterrupt(uint8_t vector, bool level);
   uint8_t apic_id() const { return lapic_.id(); }
+  // Strategy switching (SoftVm::ApplyPendingSwitch; this vCPU not running).
+  mmu::VcpuMmu* mmu() { return &mmu_; }
+  absl::Status SwitchStrategy(mmu::PagingStrategy* next) {
+    TRY(next->AttachVcpu(&mmu_));  // flushes the soft TLB: its entries were the old strategy's
+    interp_->set_strategy(next);
+    return absl::OkStatus();
+  }
 
   // Scheduling (SoftScheduler). RunUntil runs the vCPU until its clock
   // (Cycles()) reaches `until` (kDone; a halted vCPU idles there), an exit
@@ -189,10 +201,7 @@ class SoftVm final : public Vm {
 
   absl::Status Init() {
     ASSIGN_OR_RETURN(strategy_, MakePagingStrategy(options_, memory_, kMaxVcpus));
-    listener_ = std::make_unique<StrategyInvalidationListener>(strategy_.get(), [this] {
-      absl::MutexLock lock(&mu_);
-      for (SoftVcpu* v : vcpus_) v->Kick();
-    });
+    listener_ = MakeListener(strategy_.get());
     memory_->RegisterInvalidationListener(listener_.get());
     ioapic_ = std::make_unique<cpu::Ioapic>([this](uint8_t dest, uint8_t vector, bool level) {
       absl::MutexLock lock(&mu_);
@@ -240,13 +249,58 @@ class SoftVm final : public Vm {
   absl::StatusOr<std::unique_ptr<VcpuScheduler>> CreateScheduler(
       const std::vector<Vcpu*>& vcpus) override;
   absl::StatusOr<BackendStats> Stats() override {
-    BackendStats out = strategy_->Counters();
+    BackendStats out;
+    {
+      absl::MutexLock lock(&strategy_mu_);
+      out = strategy_->Counters();
+      // The strategies switched away from keep their counts: summed into
+      // the current one's where the names agree, appended otherwise.
+      for (const base::CounterValue& c : retired_) {
+        auto it = std::find_if(out.begin(), out.end(),
+                               [&](const base::CounterValue& o) { return o.name == c.name; });
+        if (it == out.end()) {
+          out.push_back(c);
+        } else {
+          it->value += c.value;
+        }
+      }
+    }
+    for (const auto& c : vm_counters_.Snapshot("vm")) out.push_back(c);
     for (const auto& c : ioapic_->counters().Snapshot("ioapic")) out.push_back(c);
     if (scheduled_.load(std::memory_order_relaxed)) {
       for (const auto& c : sched_counters_.Snapshot("sched")) out.push_back(c);
     }
     return out;
   }
+
+  absl::Status SetPagingStrategy(std::string_view name) override {
+    if (!IsPagingStrategy(name)) {
+      return absl::InvalidArgumentError(absl::StrCat("soft: unknown paging strategy \"", std::string(name),
+                                                     "\" (available: ", kPagingStrategies, ")"));
+    }
+    {
+      absl::MutexLock lock(&switch_mu_);
+      pending_switch_ = std::string(name);
+      switch_pending_.store(true, std::memory_order_release);
+    }
+    absl::MutexLock lock(&mu_);
+    for (SoftVcpu* v : vcpus_) v->Kick();  // the vCPU thread switches at its next RunUntil
+    return absl::OkStatus();
+  }
+  std::string PagingStrategyName() override {
+    absl::MutexLock lock(&strategy_mu_);
+    return std::string(strategy_->name());
+  }
+  // A switch was requested and not yet done (any thread; cheap).
+  bool switch_pending() const { return switch_pending_.load(std::memory_order_acquire); }
+  // Performs the requested switch (docs/paging-strategies.md, "Switching"):
+  // on a vCPU thread outside RunUntil, which takes run_mu() shared for its
+  // whole run, so holding it exclusively means no vCPU of this VM runs and
+  // every one is quiescent. A strategy that cannot be created is counted
+  // and the VM goes on with the old one; an error (a vCPU that cannot be
+  // attached to the new strategy) fails the vCPU.
+  absl::Status ApplyPendingSwitch();
+  absl::Mutex& run_mu() { return run_mu_; }
 
   // Wakes whatever waits for this VM's vCPUs (a halted vCPU's Run, or the
   // scheduler): a kick or a posted interrupt. Any thread.
@@ -261,15 +315,34 @@ class SoftVm final : public Vm {
   SoftSchedCounters& sched_counters() { return sched_counters_; }
 
   const SoftOptions& options() const { return options_; }
+  // vCPU threads (the strategy changes only under run_mu() held exclusively).
   mmu::PagingStrategy* strategy() { return strategy_.get(); }
   cpu::Ioapic* ioapic() { return ioapic_.get(); }
 
  private:
   static constexpr uint32_t kMaxVcpus = 64;
+  std::unique_ptr<StrategyInvalidationListener> MakeListener(mmu::PagingStrategy* strategy) {
+    return std::make_unique<StrategyInvalidationListener>(strategy, [this] {
+      absl::MutexLock lock(&mu_);
+      for (SoftVcpu* v : vcpus_) v->Kick();
+    });
+  }
+
   const SoftOptions options_;
   FrameTable* const memory_;
+  // Replaced by ApplyPendingSwitch: written under run_mu_ (exclusive) and
+  // strategy_mu_; read by vCPU threads (holding run_mu_ or not running) and
+  // under strategy_mu_ (Stats, PagingStrategyName, any thread).
+  absl::Mutex strategy_mu_;
   std::unique_ptr<mmu::PagingStrategy> strategy_;
   std::unique_ptr<StrategyInvalidationListener> listener_;
+  BackendStats retired_ ABSL_GUARDED_BY(strategy_mu_);  // counters of replaced strategies
+  // Held shared by every RunUntil, exclusively by a switch.
+  absl::Mutex run_mu_;
+  absl::Mutex switch_mu_;
+  std::string pending_switch_ ABSL_GUARDED_BY(switch_mu_);
+  std::atomic<bool> switch_pending_{false};
+  SoftVmCounters vm_counters_;
   std::unique_ptr<cpu::Ioapic> ioapic_;
   absl::Mutex mu_;
   std::vector<SoftVcpu*> vcpus_ ABSL_GUARDED_BY(mu_);
@@ -279,6 +352,54 @@ class SoftVm final : public Vm {
   SoftSchedCounters sched_counters_;
   std::atomic<bool> scheduled_{false};
 };
+
+absl::Status SoftVm::ApplyPendingSwitch() {
+  std::string name;
+  {
+    absl::MutexLock lock(&switch_mu_);
+    name = std::exchange(pending_switch_, std::string());
+    switch_pending_.store(false, std::memory_order_relaxed);
+  }
+  if (name.empty()) return absl::OkStatus();
+  absl::WriterMutexLock run(&run_mu_);
+  SoftOptions options = options_;
+  options.paging = name;
+  absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> next = MakePagingStrategy(options, memory_, kMaxVcpus);
+  if (!next.ok()) {
+    vm_counters_.Inc(SoftVmCounters::kStrategySwitchFailures);
+    return absl::OkStatus();
+  }
+  std::vector<SoftVcpu*> vcpus;
+  {
+    absl::MutexLock lock(&mu_);
+    vcpus = vcpus_;
+  }
+  // Every vCPU is quiescent (none is inside RunUntil). The old strategy lets
+  // go of them and of the FrameTable; the new one starts empty.
+  for (SoftVcpu* v : vcpus) strategy_->DetachVcpu(v->mmu());
+  memory_->UnregisterInvalidationListener(listener_.get());
+  std::unique_ptr<StrategyInvalidationListener> listener = MakeListener(next->get());
+  memory_->RegisterInvalidationListener(listener.get());
+  std::unique_ptr<mmu::PagingStrategy> old_strategy;
+  std::unique_ptr<StrategyInvalidationListener> old_listener;
+  {
+    absl::MutexLock lock(&strategy_mu_);
+    for (const base::CounterValue& c : strategy_->Counters()) {
+      auto it = std::find_if(retired_.begin(), retired_.end(),
+                             [&](const base::CounterValue& r) { return r.name == c.name; });
+      if (it == retired_.end()) {
+        retired_.push_back(c);
+      } else {
+        it->value += c.value;
+      }
+    }
+    old_strategy = std::exchange(strategy_, *std::move(next));
+    old_listener = std::exchange(listener_, std::move(listener));
+  }
+  vm_counters_.Inc(SoftVmCounters::kStrategySwitches);
+  for (SoftVcpu* v : vcpus) TRY(v->SwitchStrategy(strategy_.get()));
+  return absl::OkStatus();
+}
 
 // ---------------------------------------------------------------------------
 
@@ -494,6 +615,17 @@ uint64_t SoftVcpu::WakeCycle() const {
 SoftVcpu::Turn SoftVcpu::RunUntil(uint64_t until, VcpuExit* exit) {
   const bool scheduled = until != kUnscheduled;
   counters_.Inc(SoftVcpuCounters::kRuns);
+  // A requested paging-strategy switch happens here, between runs, where
+  // this vCPU is quiescent (SoftVm::SetPagingStrategy kicks it here).
+  if (vm_->switch_pending()) [[unlikely]] {
+    if (absl::Status s = vm_->ApplyPendingSwitch(); !s.ok()) {
+      *exit = VcpuExit{};
+      exit->reason = ExitReason::kInternalError;
+      exit->description = absl::StrCat("soft: paging strategy switch failed: ", s.message());
+      return Turn::kExit;
+    }
+  }
+  absl::ReaderMutexLock running(&vm_->run_mu());
   if (queued_count_ > 0) {
     *exit = TakeQueued();
     return Turn::kExit;

@@ -89,7 +89,7 @@ int Ctl(const std::vector<char*>& args) {
   using Json = vmm::ControlServer::Json;
   const std::string usage =
       "usage: vmm ctl [--socket=PATH] list | stats VM | counters VM [PREFIX] | balloon VM [SIZE] "
-      "| raw JSON";
+      "| paging VM [STRATEGY] | raw JSON";
   if (args.size() < 3) {
     std::fprintf(stderr, "vmm: %s\n", usage.c_str());
     return 2;
@@ -107,6 +107,9 @@ int Ctl(const std::vector<char*>& args) {
   } else if (what == "balloon" && (n == 1 || n == 2)) {
     request = {{"cmd", "balloon"}, {"vm", args[3]}};
     if (n == 2) request["target"] = args[4];
+  } else if (what == "paging" && (n == 1 || n == 2)) {
+    request = {{"cmd", "paging"}, {"vm", args[3]}};
+    if (n == 2) request["strategy"] = args[4];
   } else if (what == "raw" && n == 1) {
     request = Json::parse(args[3], nullptr, /*allow_exceptions=*/false);
     if (request.is_discarded()) {
@@ -182,7 +185,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "a hosted VMM with a pluggable memory manager.\n"
       "  vmm run [flags]    run guests (no flags: a few guests running the mix workload)\n"
-      "  vmm ctl [--socket=PATH] list | stats VM | counters VM [PREFIX] | balloon VM [SIZE] | raw JSON\n"
+      "  vmm ctl [--socket=PATH] list | stats VM | counters VM [PREFIX] | balloon VM [SIZE]\n"
+      "          | paging VM [STRATEGY] | raw JSON\n"
       "                     ask a running vmm (docs/vmm.md, \"Control interface\")");
   RecordGivenFlags(argc, argv);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);

@@ -136,7 +136,8 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - call_time).count());
     m->Start();
   }
-  std::vector<size_t> next_step(machines.size(), 0);  // balloon schedules
+  std::vector<size_t> next_step(machines.size(), 0);    // balloon schedules
+  std::vector<size_t> next_paging(machines.size(), 0);  // paging schedules
   for (;;) {
     bool all_done = true;
     const double elapsed =
@@ -155,6 +156,16 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
         } else {
           LOG(INFO) << "vm " << m->name() << ": balloon target " << (step.target_bytes >> 20)
                     << " MiB (schedule, " << step.at_seconds << " s)";
+        }
+      }
+      const auto& paging = config.vms[i].paging_schedule;
+      while (next_paging[i] < paging.size() && since_start >= paging[next_paging[i]].at_seconds) {
+        const VmConfig::PagingStep& step = paging[next_paging[i]++];
+        if (absl::Status s = m->SetPagingStrategy(step.strategy); !s.ok()) {
+          LOG(ERROR) << "vm " << m->name() << ": paging schedule: " << s;
+        } else {
+          LOG(INFO) << "vm " << m->name() << ": paging strategy " << step.strategy << " (schedule, "
+                    << step.at_seconds << " s)";
         }
       }
       if (elapsed > m->timeout_seconds()) {
