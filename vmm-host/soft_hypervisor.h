@@ -21,8 +21,12 @@
 //     CreateScheduler: round-robin turns of SoftOptions::slice guest cycles,
 //     each vCPU's clock (TSC, LAPIC) its own cycle count, all clocks equal
 //     at every round's end (docs/cpu.md, "Scheduling").
+//   - Vm::SetPagingStrategy switches a running VM's strategy: the vCPU
+//     thread does it between two interpreter runs, every vCPU quiescent
+//     (docs/paging-strategies.md, "Switching strategies while the VM runs").
 //
-// Thread safety: as hypervisor.h. SetIrqLine and Kick from any thread.
+// Thread safety: as hypervisor.h. SetIrqLine, Kick and SetPagingStrategy
+// from any thread.
 #pragma once
 
 #include <cstdint>
