@@ -295,6 +295,11 @@ TEST_F(PagingGuestTest, SwitchingStrategiesWhileRunningChangesNothing) {
   EXPECT_LE(s.at("vm.strategy_switches"), requests);  // requests not yet served coalesce
   EXPECT_EQ(s.at("vm.strategy_switch_failures"), 0u);
   EXPECT_GT(shares, 20u);
+  // Every FrameTable invalidation reached the strategy serving the vCPU at
+  // the time (the listener follows the switches; the old and the new one
+  // may both hear one made during a switch).
+  EXPECT_GE(s.at("native.invalidations") + s.at("shadow.invalidations") + s.at("nested.invalidations"),
+            memory.counters().Get(FrameTableCounters::kInvalidations));
   // Every strategy ran, and the replaced ones' counters are kept.
   EXPECT_GT(s.at("native.walks"), 0u);
   EXPECT_GT(s.at("shadow.pf_fixed"), 0u);

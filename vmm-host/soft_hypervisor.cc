@@ -376,10 +376,13 @@ absl::Status SoftVm::ApplyPendingSwitch() {
   }
   // Every vCPU is quiescent (none is inside RunUntil). The old strategy lets
   // go of them and of the FrameTable; the new one starts empty.
+  // The new listener goes in before the old one goes, so that every
+  // invalidation reaches the strategy that serves the vCPUs afterwards (the
+  // old one, without vCPUs, only counts what it hears meanwhile).
   for (SoftVcpu* v : vcpus) strategy_->DetachVcpu(v->mmu());
-  memory_->UnregisterInvalidationListener(listener_.get());
   std::unique_ptr<StrategyInvalidationListener> listener = MakeListener(next->get());
   memory_->RegisterInvalidationListener(listener.get());
+  memory_->UnregisterInvalidationListener(listener_.get());
   std::unique_ptr<mmu::PagingStrategy> old_strategy;
   std::unique_ptr<StrategyInvalidationListener> old_listener;
   {
