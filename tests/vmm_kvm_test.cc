@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "tests/fakes/tiny_elf.h"
 #include "tests/support/guest_results.h"
+#include "tests/support/qemu_balloon.h"
 #include "tests/support/small_workload_args.h"
 #include "vmm-host/vmm_runner.h"
 
@@ -62,6 +63,9 @@ class VmmKvmTest : public ::testing::Test {
       vm.workload_args = vmm::testing::SmallWorkloadArgs().at(workload);
       vm.ram_bytes = 48 << 20;
       vm.timeout_seconds = 120;
+      // With the virtio-balloon, and QEMU with its own below
+      // (tests/support/qemu_balloon.h): the data must not depend on it.
+      vm.balloon = true;
       c.vms.push_back(vm);
     }
     return c;
@@ -91,6 +95,8 @@ TEST_P(WorkloadKvmTest, RunsAndMatchesQemu) {
   guest::QemuOptions q;
   q.cmdline = absl::StrCat("workload=", workload, " ", vmm::testing::SmallWorkloadArgs().at(workload));
   q.memory_mib = 48;
+  q.machine = vmm::testing::QemuBalloonMachine();
+  q.extra_args = vmm::testing::QemuBalloonArgs();
   guest::QemuRun qemu = guest::RunGuest(q);
   ASSERT_TRUE(qemu.started);
   ASSERT_EQ(qemu.GuestExitCode(), 0u) << qemu.serial;
