@@ -151,7 +151,10 @@ TranslateResult ShadowStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
     {
       absl::MutexLock lock(&mu_);
       if (attempt == 0) counters_.Inc(ShadowCounters::kTranslations);
-      if (audit_pending_) AuditIfEnabled(vcpu);
+      // After an invalidation, the maps it changed: the reverse map and the
+      // write protection (the whole tree is checked at every resync; a walk
+      // of it after each of a burst of invalidations would starve the vCPU).
+      if (audit_pending_) AuditIfEnabled(vcpu, /*walk_tree=*/false);
       result = TranslateLocked(vcpu, req, out, &need, &flush);
       ApplyFlush(&vcpu, flush);
     }
@@ -728,14 +731,14 @@ void ShadowStrategy::SyncPage(ShadowPage* sp, Flush* flush) {
 
 void ShadowStrategy::SyncAll(VcpuMmu& vcpu, Flush* flush) {
   while (!unsync_pages_.empty()) SyncPage(unsync_pages_.back(), flush);
-  AuditIfEnabled(vcpu);
+  AuditIfEnabled(vcpu, /*walk_tree=*/true);
 }
 
-void ShadowStrategy::AuditIfEnabled(VcpuMmu& vcpu) {
+void ShadowStrategy::AuditIfEnabled(VcpuMmu& vcpu, bool walk_tree) {
   if (!options_.audit_on_resync) return;
   audit_pending_ = false;
   counters_.Inc(ShadowCounters::kAudits);
-  if (absl::Status s = AuditLocked(vcpu); !s.ok()) {
+  if (absl::Status s = AuditLocked(vcpu, walk_tree); !s.ok()) {
     counters_.Inc(ShadowCounters::kAuditFailures);
     if (audit_failure_.ok()) {
       LOG(ERROR) << s;
@@ -872,7 +875,7 @@ absl::Status ShadowStrategy::Audit(VcpuMmu& vcpu) {
   return AuditLocked(vcpu);
 }
 
-absl::Status ShadowStrategy::AuditLocked(VcpuMmu& vcpu) {
+absl::Status ShadowStrategy::AuditLocked(VcpuMmu& vcpu, bool walk_tree) {
   // The reverse map names exactly the present leaf sptes, by target gfn.
   size_t rmap_entries = 0;
   for (const auto& [gfn, sptes] : rmap_) {
@@ -908,7 +911,7 @@ absl::Status ShadowStrategy::AuditLocked(VcpuMmu& vcpu) {
         "shadow audit: %u present leaf sptes but %u reverse-map entries", leaves, rmap_entries));
   }
   const ShadowPage* root = roots_[vcpu.index].root;
-  if (root == nullptr || !vcpu.paging) return absl::OkStatus();
+  if (!walk_tree || root == nullptr || !vcpu.paging) return absl::OkStatus();
   const uint64_t gfn = (vcpu.cr3 & mmu::PhysAddrMask(vcpu.mode.maxphyaddr)) >> base::kPageShift;
   if (root->gfn != gfn) return absl::OkStatus();  // rebuilt at the next miss
   return AuditTree(vcpu, root, 0, root->role.level);

@@ -226,13 +226,15 @@ class ShadowStrategy final : public mmu::PagingStrategy {
   void ReleaseRoots(VcpuRoots& roots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // With Options::audit_on_resync: audits the vCPU's tables, counting and
   // logging a failure and keeping the first.
-  void AuditIfEnabled(mmu::VcpuMmu& vcpu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `walk_tree`: also every spte against a guest walk (else the maps only).
+  void AuditIfEnabled(mmu::VcpuMmu& vcpu, bool walk_tree) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Applies `flush` to the caller's soft TLB, and posts it to the other
   // vCPUs when more than one is attached.
   void ApplyFlush(mmu::VcpuMmu* vcpu, const Flush& flush) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  absl::Status AuditLocked(mmu::VcpuMmu& vcpu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status AuditLocked(mmu::VcpuMmu& vcpu, bool walk_tree = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AuditTree(mmu::VcpuMmu& vcpu, const ShadowPage* sp, uint64_t gva_base,
                          int level)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
