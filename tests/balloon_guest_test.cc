@@ -185,18 +185,27 @@ TEST_P(BalloonGuestTest, InflatesToTheTargetAndDeflatesWhileChecksumsHold) {
   constexpr uint64_t kTargetPages = 8192;  // 32 MiB of a 96 MiB guest
   ASSERT_NO_FATAL_FAILURE(CreateMachine(
       96 << 20, "mix",
-      absl::StrCat("mix.list=memtouch,balloon memtouch.mib=40 memtouch.passes=1 balloon.mib=8 "
+      absl::StrCat("mix.list=memtouch,balloon memtouch.mib=36 memtouch.passes=1 memtouch.stride=4096 balloon.mib=4 "
                    "balloon.expect_pages=", kTargetPages, " balloon.hold_ms=200 balloon.timeout_ms=200000"),
       absl::StrCat("virtio_balloon.features=", kFeaturesNoReporting)));
   balloon::Balloon& b = *machine_->balloon();
   machine_->Start();
-  // memtouch has touched 40 MiB and freed it: the guest's allocator hands
+  // memtouch has touched 36 MiB and freed it: the guest's allocator hands
   // those resident frames out first, so inflation must return them.
   ASSERT_TRUE(WaitFor([&] { return HasResult("memtouch.checksum_ok"); }, 240, "memtouch"));
   ASSERT_TRUE(WaitFor([&] { return b.negotiated_features() != 0; }, 60, "the driver"));
   EXPECT_EQ(b.negotiated_features() & (1u << 5), 0u) << "reporting was masked off";
-  const std::optional<balloon::BalloonStats> before = FreshStats();
+  // The balloon workload may still be touching its buffer: wait until the
+  // guest's free memory holds still between two statistics.
+  std::optional<balloon::BalloonStats> before = FreshStats();
   ASSERT_TRUE(before.has_value());
+  for (int i = 0; i < 50; ++i) {
+    const std::optional<balloon::BalloonStats> again = FreshStats();
+    ASSERT_TRUE(again.has_value());
+    const bool still = again->Get(balloon::StatTag::kFreeMemory) == before->Get(balloon::StatTag::kFreeMemory);
+    before = again;
+    if (still) break;
+  }
   const int64_t resident_before = Resident();
 
   const auto t0 = Clock::now();
@@ -284,7 +293,8 @@ TEST_P(BalloonGuestTest, ReportedFreePagesLeaveTheHostWithoutATarget) {
   constexpr int64_t kTouchedPages = 32 * 256;
   ASSERT_NO_FATAL_FAILURE(CreateMachine(
       64 << 20, "mix",
-      "mix.list=memtouch,idle memtouch.mib=32 memtouch.passes=1 idle.mib=1 idle.sleep_ms=4000 "
+      "mix.list=memtouch,idle memtouch.mib=32 memtouch.passes=1 memtouch.stride=4096 idle.mib=1 "
+      "idle.sleep_ms=4000 "
       "idle.wake_ms=100",
       "virtio_balloon.report_ticks=10"));
   balloon::Balloon& b = *machine_->balloon();
