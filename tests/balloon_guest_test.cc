@@ -321,8 +321,10 @@ TEST_P(BalloonGuestTest, ReportedFreePagesLeaveTheHostWithoutATarget) {
   EXPECT_TRUE(fell) << "resident " << peak << " -> " << now;
   EXPECT_EQ(b.target_pages(), 0u);
   EXPECT_EQ(b.inflated_pages(), 0u);
-  EXPECT_GE(static_cast<int64_t>(b.counters().Get(balloon::BalloonCounters::kReportedPages)), kTouchedPages / 2);
   const MachineResult r = Finish();
+  // After the run: the device counts a report once its discard is done, so
+  // the count may trail the residency seen above.
+  EXPECT_GE(static_cast<int64_t>(b.counters().Get(balloon::BalloonCounters::kReportedPages)), kTouchedPages / 2);
   std::map<std::string, uint64_t> data = vmm::testing::DataResults(r);
   EXPECT_EQ(data["mix.checksum_ok"], 1u);
   EXPECT_EQ(data["memtouch.checksum_ok"], 1u);
