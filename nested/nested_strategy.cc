@@ -316,17 +316,26 @@ TranslateResult NestedStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
         // The VMM's side of the exit: install the entry, making the gfn
         // available first if it must (populate, break a share), then let
         // the walk run again.
-        auto install = [&] {
+        // Only while no verb has started since the counter read `since`: a
+        // verb's DropGfns may already have run (it takes mu_ after making
+        // the counter odd), and an entry built now from the old backing
+        // would outlive the change. Checked under mu_, so a verb that starts
+        // later clears what this installs.
+        auto install = [&](uint64_t since) {
           absl::MutexLock lock(&mu_);
+          if (mem.BackingSeq() != since) return false;
           return Install(gfn, for_write);
         };
-        if (install()) continue;
+        if (install(seq)) continue;
+        if (mem.BackingSeq() != seq) continue;  // the next attempt waits it out
         c.Inc(NestedCounters::kBackingRequests);
         EnterQuiescence(vcpu);
         const mmu::BackingStatus backing = mem.MakeAvailable(gfn, for_write);
         LeaveQuiescence(vcpu);
         if (backing == mmu::BackingStatus::kReady) {
-          install();  // may lose to another change: the walk finds out
+          // Populate and install in one exit, as KVM does.
+          const uint64_t now = mem.BackingSeq();
+          if (!(now & 1)) install(now);  // else the next attempt waits
           continue;
         }
         out->walk_refs = refs;

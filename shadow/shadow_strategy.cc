@@ -151,6 +151,11 @@ TranslateResult ShadowStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
     {
       absl::MutexLock lock(&mu_);
       if (attempt == 0) counters_.Inc(ShadowCounters::kTranslations);
+      // A verb started since `seq` was read: its DropGfns may have run
+      // already, so sptes built now from the old backing would outlive the
+      // change. Checked under mu_: a verb that starts later waits for it and
+      // zaps what this attempt builds.
+      if (mem.BackingSeq() != seq) continue;
       // After an invalidation, the maps it changed: the reverse map and the
       // write protection (the whole tree is checked at every resync; a walk
       // of it after each of a burst of invalidations would starve the vCPU).
@@ -161,8 +166,8 @@ TranslateResult ShadowStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
 
     std::atomic_thread_fence(std::memory_order_acquire);
     if (mem.BackingSeq() != seq) {
-      // A FrameTable verb ran meanwhile; its DropGfns (which waited for the
-      // mutex) zapped what this attempt built from the old backing.
+      // A FrameTable verb started meanwhile; its DropGfns (which waited for
+      // the mutex) zapped what this attempt built from the old backing.
       if (out->filled) vcpu.tlb->FlushPage(req.va);
       continue;
     }

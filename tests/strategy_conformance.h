@@ -95,10 +95,17 @@ class StrategyHarness {
     // The FrameTable listener, with the kick-and-wait of a single vCPU: the
     // vCPU applies the flush at once (it would at its next instruction).
     mem_.set_invalidation_hook([this](uint64_t first, uint64_t count, GfnChange change) {
-      const uint64_t ticket = strategy_->InvalidateGfns(base::Gfn(first), count, change);
-      strategy_->SyncInvalidations(vcpu_);
-      CHECK(strategy_->AllVcpusSynced(ticket));
+      pending_ticket_ = strategy_->InvalidateGfns(base::Gfn(first), count, change);
+      if (!defer_sync_) SyncVcpu();
     });
+  }
+  // With deferral on, the vCPU syncs only at SyncVcpu(): the invalidation
+  // reaches it after the Translate under way returns, as it does a vCPU
+  // thread at its next instruction while the verb's thread waits.
+  void set_defer_sync(bool defer) { defer_sync_ = defer; }
+  void SyncVcpu() {
+    strategy_->SyncInvalidations(vcpu_);
+    CHECK(strategy_->AllVcpusSynced(pending_ticket_));
   }
   ~StrategyHarness() { strategy_->DetachVcpu(&vcpu_); }
 
@@ -192,6 +199,8 @@ class StrategyHarness {
   uint64_t alias_base_ = 0;
   uint64_t alias_slot_epa_ = ~uint64_t{0};
   uint64_t tracked_stores_ = 0;
+  bool defer_sync_ = false;
+  uint64_t pending_ticket_ = 0;
   SoftTlb tlb_;
   VcpuMmu vcpu_;
   std::unique_ptr<PagingStrategy> strategy_;
@@ -578,6 +587,83 @@ TEST_P(StrategyConformanceTest, SoftTlbHitsStayCorrectAcrossEditsFlushesAndBacki
   std::printf("%s: hits %d mmio %d fixed %d #PF %d edits %d backing changes %d hits checked %d\n",
               GetParam().name.c_str(), stats[0], stats[1], stats[2], stats[3], edits,
               backing_changes, hits_checked);
+}
+
+// A FrameTable verb on another thread bumps the counter and runs the
+// listeners (the strategy's DropGfns) just after a Translate sampled the
+// counter, and stores the gfn's new backing only once the vCPU has synced.
+// Whatever the Translate built meanwhile from the old backing (an EPT or
+// shadow entry, a soft-TLB fill) must not outlive the change: every later
+// access and hit agrees with the reference and the new backing, and the
+// strategy's Audit agrees. A strategy that built an entry after its DropGfns
+// had run would keep mapping the old frame (a share's writes lost).
+TEST_P(StrategyConformanceTest, AChangeStartedDuringATranslationLeavesNothingStale) {
+  int stats[4] = {};
+  int races = 0, hits_checked = 0;
+  for (int i = 0; i < kScenarios; ++i) {
+    const uint64_t seed = SeedFor(i, 13);
+    Rng rng(seed);
+    StrategyHarness h(GetParam());
+    Scenario s = Build(rng, h.flat());
+    h.AddAlias(s.mode, s.cr3, s.vas);
+    RandomBacking(rng, h.mem(), h.tracked());
+    h.vcpu().mode = s.mode;
+    h.vcpu().cr3 = s.cr3;
+    h.strategy().OnCr3Write(h.vcpu(), 0, false);
+    std::set<uint64_t> touched;
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    for (int op = 0; op < kOpsPerScenario; ++op) {
+      SCOPED_TRACE(::testing::Message() << "op " << op);
+      const AccessRequest req = RandomRequest(rng, s.vas);
+      touched.insert(req.va);
+      const SoftTlb::MmuIdx idx = StrategyHarness::IdxOf(req);
+      if (Chance(rng, 50) || h.Lookup(idx, req.va, req.access) != nullptr) {
+        ASSERT_NO_FATAL_FAILURE(Access1(h, s, req, GetParam().compares_memory, stats));
+        continue;
+      }
+      // The gfn the change hits: a table on the access's path or its target.
+      std::vector<uint64_t> gfns;
+      for (uint64_t epa : PathOf(h.flat(), s.mode, h.vcpu().cr3, req.va)) {
+        gfns.push_back(epa >> base::kPageShift);
+      }
+      FlatMemory ref_mem = h.flat();
+      const reference::Outcome ref = reference::Walk1D(ref_mem, s.mode, h.vcpu().cr3, req);
+      if (ref.status == WalkStatus::kOk) gfns.push_back(ref.gpa >> base::kPageShift);
+      if (gfns.empty()) continue;
+      const uint64_t gfn = gfns[rng() % gfns.size()];
+      const auto state = h.mem().state(gfn);
+      if (gfn >= h.mem().num_gfns() || state == FakeGuestPhysMemory::State::kMmio ||
+          state == FakeGuestPhysMemory::State::kBroken) {
+        continue;
+      }
+      // Private frames become shared (the lost-write case), others go.
+      const bool share = state == FakeGuestPhysMemory::State::kPrivate;
+      const GfnChange change = share ? GfnChange::kWriteProtect : GfnChange::kBacking;
+      bool started = false;
+      h.set_defer_sync(true);
+      h.mem().set_backing_seq_hook([&] {
+        h.mem().StartChange(gfn, change);
+        started = true;
+      });
+      TranslateOutcome out;
+      (void)h.strategy().Translate(h.vcpu(), req, &out);
+      h.mem().set_backing_seq_hook(nullptr);
+      h.set_defer_sync(false);
+      if (!started) continue;
+      ++races;
+      h.SyncVcpu();
+      h.mem().FinishChange(gfn, share ? FakeGuestPhysMemory::State::kShared
+                                      : FakeGuestPhysMemory::State::kNotResident);
+      const absl::Status audit = h.strategy().Audit(h.vcpu());
+      ASSERT_TRUE(audit.ok()) << audit;
+      ASSERT_NO_FATAL_FAILURE(CheckHits(h, s, touched, &hits_checked));
+      ASSERT_NO_FATAL_FAILURE(Access1(h, s, req, GetParam().compares_memory, stats));
+    }
+  }
+  EXPECT_GT(races, kScenarios * 5) << "changes raced with a translation";
+  EXPECT_GT(stats[2], kScenarios) << "fills";
+  std::printf("%s: races %d fixed %d hits checked %d\n", GetParam().name.c_str(), races, stats[2],
+              hits_checked);
 }
 
 }  // namespace mmu::testing

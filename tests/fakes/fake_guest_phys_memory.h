@@ -56,6 +56,9 @@ class FakeGuestPhysMemory final : public GuestPhysMemory {
   void set_invalidation_hook(Hook hook) { hook_ = std::move(hook); }
   // Called at every HostPage call: lets a test play a concurrent change.
   void set_host_page_hook(std::function<void()> hook) { on_host_page_ = std::move(hook); }
+  // Called once, at the next BackingSeq call, after it read the counter: lets
+  // a test start a change just after a strategy sampled the counter.
+  void set_backing_seq_hook(std::function<void()> hook) { on_backing_seq_ = std::move(hook); }
 
   // --- GuestPhysMemory ---
   uint8_t* HostPage(uint64_t gfn, bool for_write) noexcept override {
@@ -98,7 +101,17 @@ class FakeGuestPhysMemory final : public GuestPhysMemory {
     if (write) dirty_[gfn] = true;
   }
 
-  uint64_t BackingSeq() const noexcept override { return seq_; }
+  // Returns the counter as it was when called; a one-shot hook (below) runs
+  // after the value is read, as a change starting on another thread would.
+  uint64_t BackingSeq() const noexcept override {
+    const uint64_t seq = seq_;
+    if (on_backing_seq_) {
+      const std::function<void()> hook = std::move(on_backing_seq_);
+      on_backing_seq_ = nullptr;
+      hook();
+    }
+    return seq;
+  }
 
   // --- Test controls (the FrameTable verbs, in miniature) ---
   // Marks a gfn without invalidation: for setting up before any vCPU runs.
@@ -132,9 +145,20 @@ class FakeGuestPhysMemory final : public GuestPhysMemory {
   // Any state -> `to`, with invalidation (Discard, Evict, Restore...). The
   // contents in FlatMemory are kept, so the reference walker still sees them.
   void Change(uint64_t gfn, GfnChange change, State to) {
+    StartChange(gfn, change);
+    FinishChange(gfn, to);
+  }
+  // Change() in two halves, as another thread's verb is seen by a vCPU
+  // between them: the counter is odd and the listeners have run, but the
+  // gfn still has its old state (and frame).
+  void StartChange(uint64_t gfn, GfnChange change) {
     CHECK_LT(gfn, num_gfns_);
     BeginChange();
     if (hook_) hook_(gfn, 1, change);
+  }
+  void FinishChange(uint64_t gfn, State to) {
+    CHECK_LT(gfn, num_gfns_);
+    CHECK(seq_ & 1) << "FinishChange without StartChange";
     if (state_[gfn] == State::kShared) {
       std::memcpy(FlatPage(gfn), shared_.at(gfn).get(), base::kPageSize);
       shared_.erase(gfn);
@@ -197,6 +221,7 @@ class FakeGuestPhysMemory final : public GuestPhysMemory {
   std::map<uint64_t, std::unique_ptr<uint8_t, FreeAligned>> shared_;
   Hook hook_;
   std::function<void()> on_host_page_;
+  mutable std::function<void()> on_backing_seq_;
   uint64_t seq_ = 0;
   uint64_t make_available_calls_ = 0;
   uint64_t host_page_calls_ = 0;
