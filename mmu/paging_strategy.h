@@ -62,7 +62,11 @@
 //      closes that window: GuestPhysMemory makes it odd before it calls the
 //      listeners and even again after the new state is stored. Translate
 //      refuses to start while it is odd and discards (kRetry, its own fill
-//      undone) any answer during which it changed.
+//      undone) any answer during which it changed. A strategy with entries
+//      of its own builds them only while the counter, read under the lock
+//      its DropGfns takes, still has the value the translation began with:
+//      a verb whose listeners already ran would otherwise leave an entry to
+//      the old frame behind.
 //
 // Accessed/dirty harvesting is push-based: whenever a strategy installs a
 // translation it first reports it with GuestPhysMemory::NoteAccess(gfn,
