@@ -193,10 +193,12 @@ TEST_P(BalloonGuestTest, InflatesToTheTargetAndDeflatesWhileChecksumsHold) {
   // memtouch has touched 36 MiB and freed it: the guest's allocator hands
   // those resident frames out first, so inflation must return them.
   ASSERT_TRUE(WaitFor([&] { return HasResult("memtouch.checksum_ok"); }, 240, "memtouch"));
+  ASSERT_TRUE(WaitFor([&] { return HasResult("balloon.buffer_pages"); }, 240, "the balloon buffer"));
   ASSERT_TRUE(WaitFor([&] { return b.negotiated_features() != 0; }, 60, "the driver"));
   EXPECT_EQ(b.negotiated_features() & (1u << 5), 0u) << "reporting was masked off";
-  // The balloon workload may still be touching its buffer: wait until the
-  // guest's free memory holds still between two statistics.
+  // The balloon workload's buffer is in place once it says so; then wait
+  // until the guest's free memory holds still between two statistics (the
+  // stats request itself may be in flight).
   std::optional<balloon::BalloonStats> before = FreshStats();
   ASSERT_TRUE(before.has_value());
   for (int i = 0; i < 50; ++i) {
