@@ -191,8 +191,16 @@ uint64_t ModelledCycles::Class(std::string_view name) const {
 }
 
 ModelledCycles Compute(const CostTable& table, const CostInputs& in) {
-  const std::string hw = absl::StrCat(in.strategy, ".hw.");
-  auto hwc = [&](std::string_view name) { return in.Get(hw + std::string(name)); };
+  // A run may have switched strategies (docs/paging-strategies.md): each
+  // strategy's hardware-model counters count only the misses it served, and
+  // the events are priced by the same keys whichever strategy took them, so
+  // the run's cost is every strategy's counters priced and summed. The
+  // strategy-specific exits below have their own names and add up the same way.
+  auto hwc = [&](std::string_view name) {
+    uint64_t n = 0;
+    for (std::string_view s : kStrategies) n += in.Get(std::string(s) + ".hw." + std::string(name));
+    return n;
+  };
   ModelledCycles out;
   std::map<std::string, double, std::less<>> cls;
   for (std::string_view c : kClasses) cls[std::string(c)] = 0;

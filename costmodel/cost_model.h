@@ -10,7 +10,8 @@
 //
 // This library sits above base and below vmm-host: it knows counters only
 // by name (`<strategy>.hw.*`, `shadow.*`, `nested.*`, `cpu.*`, exits), so it
-// needs none of the strategies.
+// needs none of the strategies. A run that switched strategies has several
+// strategies' counters; each is priced, and the sums are the run's.
 //
 // Errors: loading is control plane and returns absl::Status naming the key
 // ("costs.tlb_hit: negative cycles"). Compute never fails: a counter that
@@ -75,7 +76,11 @@ class CostTable {
 // `shadow.pf_fixed`, ...; soft_vm_stats), the vCPU's (`cpu.instructions`;
 // soft_vcpu_stats) and the machine's exits (`exits.io`, ...).
 struct CostInputs {
-  std::string strategy;  // "native", "shadow" or "nested"
+  // The strategy the run started with ("native", "shadow", "nested" or
+  // "adaptive"); informational. Compute prices every strategy's counters
+  // found in `counters`, so a run that switched is priced by what each
+  // strategy did while it ran.
+  std::string strategy;
   std::map<std::string, uint64_t, std::less<>> counters;
 
   // Adds a snapshot, each name prefixed with `prefix` + "." when not empty.
@@ -101,6 +106,10 @@ inline constexpr std::string_view kClasses[] = {
     "exits_interrupt", "exits_other", "shadow_page_faults", "shadow_cr3_writes",
     "shadow_invlpg", "shadow_tlb_flushes", "shadow_resyncs", "emulated_pte_writes",
     "ept_violations"};
+
+// The strategies whose counters Compute prices (`<name>.hw.*`, `shadow.*`,
+// `nested.*`).
+inline constexpr std::string_view kStrategies[] = {"native", "shadow", "nested"};
 
 ModelledCycles Compute(const CostTable& table, const CostInputs& inputs);
 

@@ -3,8 +3,10 @@
 #include "costmodel/cost_model.h"
 
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "base/check.h"
 #include "gmock/gmock.h"
@@ -152,7 +154,6 @@ TEST(ComputeTest, EachClassIsItsCountersTimesTheirCostsAndTheTotalIsTheSum) {
                  {"nested.hw.guest_refs_l4", 13},
                  {"nested.hw.ept_refs_l1", 17},
                  {"nested.hw.ept_refs_l2", 19},
-                 {"native.hw.tlb_hits", 1000000},  // another strategy's: ignored
                  {"exits.io", 23},
                  {"exits.shutdown", 1},
                  {"exits.interrupted", 99},  // host kicks: never charged
@@ -175,6 +176,53 @@ TEST(ComputeTest, EachClassIsItsCountersTimesTheirCostsAndTheTotalIsTheSum) {
   for (const auto& [name, v] : m.classes) sum += v;
   EXPECT_EQ(sum, m.total);
   EXPECT_EQ(m.classes.size(), std::size(kClasses));
+}
+
+// A run that switched strategies (native -> shadow -> nested, or adaptive)
+// has each strategy's counters: each is priced with its own events, and the
+// run costs their sum, whatever strategy it started with.
+TEST(ComputeTest, ASwitchedRunIsPricedAsTheSumOfItsStrategies) {
+  const CostTable t = PowersOfTwo();
+  const std::map<std::string, uint64_t, std::less<>> native = {{"native.hw.tlb_hits", 3},
+                                                               {"native.hw.tlb_misses", 5},
+                                                               {"native.hw.guest_refs_l1", 7}};
+  const std::map<std::string, uint64_t, std::less<>> shadow = {{"shadow.hw.tlb_misses", 11},
+                                                               {"shadow.hw.guest_refs_l2", 13},
+                                                               {"shadow.pf_fixed", 17},
+                                                               {"shadow.emulated_writes", 19}};
+  const std::map<std::string, uint64_t, std::less<>> nested = {{"nested.hw.tlb_misses", 23},
+                                                               {"nested.hw.ntlb_hits", 29},
+                                                               {"nested.hw.ept_refs_l1", 31},
+                                                               {"nested.ept_violation", 37}};
+  auto priced = [&](std::string strategy,
+                    std::vector<const std::map<std::string, uint64_t, std::less<>>*> parts) {
+    CostInputs in;
+    in.strategy = std::move(strategy);
+    in.counters = {{"cpu.instructions", 1000}};
+    for (const auto* part : parts) in.counters.insert(part->begin(), part->end());
+    return Compute(t, in);
+  };
+  const ModelledCycles whole = priced("native", {&native, &shadow, &nested});
+  const ModelledCycles n = priced("native", {&native});
+  const ModelledCycles s = priced("shadow", {&shadow});
+  const ModelledCycles e = priced("nested", {&nested});
+  auto c = [&](std::string_view key) { return t.cycles(key); };
+  EXPECT_EQ(whole.Class("tlb"), 3 * c("tlb_hit") + (5 + 11 + 23) * c("tlb_miss"));
+  EXPECT_EQ(whole.Class("walk_refs_guest"), 7 * c("walk_ref_leaf") + 13 * c("walk_ref_upper"));
+  EXPECT_EQ(whole.Class("walk_refs_ept"), 31 * c("walk_ref_leaf"));
+  EXPECT_EQ(whole.Class("pwc"), 29 * c("nested_tlb_hit"));
+  EXPECT_EQ(whole.Class("shadow_page_faults"), 17 * c("shadow_page_fault"));
+  EXPECT_EQ(whole.Class("emulated_pte_writes"), 19 * c("emulated_pte_write"));
+  EXPECT_EQ(whole.Class("ept_violations"), 37 * c("ept_violation"));
+  // Every class but the instructions (counted once) is the parts' sum.
+  for (const auto& [name, value] : whole.classes) {
+    if (name == "instructions") continue;
+    EXPECT_EQ(value, n.Class(name) + s.Class(name) + e.Class(name)) << name;
+  }
+  EXPECT_EQ(whole.total, n.total + s.total + e.total - 2 * 1000 * static_cast<uint64_t>(c("instruction")));
+  // The strategy named as the start changes nothing.
+  EXPECT_EQ(priced("nested", {&native, &shadow, &nested}).total, whole.total);
+  EXPECT_EQ(priced("adaptive", {&native, &shadow, &nested}).total, whole.total);
 }
 
 TEST(ComputeTest, FractionalCostsRoundPerClassAndStillSum) {
