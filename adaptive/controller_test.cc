@@ -1,0 +1,192 @@
+// The adaptive decision on synthetic interval streams, priced with the
+// default cost table: what each stream should pick, hysteresis, dwell.
+#include "adaptive/controller.h"
+
+#include <map>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace adaptive {
+namespace {
+
+using Counters = std::map<std::string, uint64_t, std::less<>>;
+
+costmodel::CostInputs Deltas(Counters c) {
+  costmodel::CostInputs in;
+  in.counters = std::move(c);
+  return in;
+}
+
+// ptchurn under nested: processes come and go, every page is demand-faulted
+// and every exit of a process switches CR3; the walks are modest.
+costmodel::CostInputs ChurnOnNested() {
+  return Deltas({{"nested.hw.tlb_misses", 20'000},
+                 {"nested.hw.guest_refs_l1", 20'000},
+                 {"nested.hw.ntlb_hits", 100'000},
+                 {"nested.guest_faults", 5'000},
+                 {"nested.cr3_writes", 2'000},
+                 {"nested.invlpg", 500},
+                 {"nested.ept_violation", 10}});
+}
+// The same interval under shadow: the faults are reinjected and filled, the
+// table writes emulated or resynced.
+costmodel::CostInputs ChurnOnShadow() {
+  return Deltas({{"shadow.hw.tlb_misses", 20'000},
+                 {"shadow.hw.guest_refs_l1", 20'000},
+                 {"shadow.pf_guest", 5'000},
+                 {"shadow.pf_fixed", 7'000},
+                 {"shadow.emulated_writes", 600},
+                 {"shadow.mmu_resync", 1'000},
+                 {"shadow.cr3_writes", 2'000},
+                 {"shadow.invlpg", 500}});
+}
+// tlbstress in steady state with a 4 KiB-mapped EPT: every STLB miss walks
+// both dimensions; nothing changes the guest's tables.
+costmodel::CostInputs TlbMissesOnNested4k() {
+  return Deltas({{"nested.hw.tlb_misses", 100'000},
+                 {"nested.hw.guest_refs_l1", 100'000},
+                 {"nested.hw.ept_refs_l1", 500'000},
+                 {"nested.hw.ept_refs_l2", 200'000}});
+}
+// The same with 2 MiB EPT leaves: the nested TLB answers the EPT dimension.
+costmodel::CostInputs TlbMissesOnNestedLarge() {
+  return Deltas({{"nested.hw.tlb_misses", 100'000},
+                 {"nested.hw.guest_refs_l1", 100'000},
+                 {"nested.hw.ntlb_hits", 500'000}});
+}
+costmodel::CostInputs TlbMissesOnShadow() {
+  return Deltas({{"shadow.hw.tlb_misses", 100'000}, {"shadow.hw.guest_refs_l1", 100'000}});
+}
+
+const costmodel::CostTable* Table() { return &costmodel::CostTable::Default(); }
+
+TEST(ControllerTest, PageTableChurnStaysOnNested) {
+  Controller c({}, Table());
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(c.OnInterval(ChurnOnNested()), Mode::kNested) << i;
+  EXPECT_EQ(c.switches(), 0u);
+  EXPECT_EQ(c.intervals(), 100u);
+  // Shadow would trap every fault: far dearer.
+  EXPECT_GT(c.last().other, 10 * c.last().current);
+}
+
+TEST(ControllerTest, PageTableChurnOnShadowGoesToNestedAfterTheDwell) {
+  const Options o;
+  Controller c(o, Table(), Mode::kShadow);
+  for (uint32_t i = 1; i < o.min_dwell; ++i) EXPECT_EQ(c.OnInterval(ChurnOnShadow()), Mode::kShadow) << i;
+  EXPECT_EQ(c.OnInterval(ChurnOnShadow()), Mode::kNested);
+  EXPECT_EQ(c.to_nested(), 1u);
+  EXPECT_EQ(c.to_shadow(), 0u);
+  EXPECT_LT(c.last().other, c.last().current);
+}
+
+TEST(ControllerTest, TlbMissesWithoutTableUpdatesPickShadowWhereItIsCheaper) {
+  const Options o;
+  Controller c(o, Table());
+  uint32_t i = 0;
+  while (c.current() == Mode::kNested && i < 100) {
+    c.OnInterval(TlbMissesOnNested4k());
+    ++i;
+  }
+  EXPECT_EQ(c.current(), Mode::kShadow);
+  EXPECT_EQ(i, o.min_dwell);  // the streak (3) is long reached; the dwell decides
+  EXPECT_EQ(c.to_shadow(), 1u);
+  // On shadow the same stream stays there: the walks priced as 2-D walks
+  // with the EPT share measured on nested are still dearer.
+  EXPECT_DOUBLE_EQ(c.ept_cycles_per_walk(), (500'000 * 12.0 + 200'000 * 4.0) / 100'000);
+  for (int k = 0; k < 100; ++k) EXPECT_EQ(c.OnInterval(TlbMissesOnShadow()), Mode::kShadow);
+  EXPECT_EQ(c.switches(), 1u);
+}
+
+TEST(ControllerTest, TlbMissesWithLargeEptPagesStayOnNested) {
+  // The 2-D walk costs only nested-TLB hits more than shadow's 1-D walk:
+  // shadow is cheaper, but not by the margin.
+  Controller c({}, Table());
+  for (int i = 0; i < 100; ++i) c.OnInterval(TlbMissesOnNestedLarge());
+  EXPECT_EQ(c.switches(), 0u);
+  EXPECT_LT(c.last().other, c.last().current);
+  EXPECT_GT(c.last().other, c.last().current * 0.75);
+  // With no margin it would go.
+  Controller eager({.margin = 0}, Table());
+  for (int i = 0; i < 100; ++i) eager.OnInterval(TlbMissesOnNestedLarge());
+  EXPECT_EQ(eager.current(), Mode::kShadow);
+}
+
+TEST(ControllerTest, AlternatingSignalsDoNotFlap) {
+  Controller c({}, Table());
+  for (int i = 0; i < 200; ++i) {
+    c.OnInterval(i % 2 ? ChurnOnNested() : TlbMissesOnNested4k());
+  }
+  EXPECT_EQ(c.switches(), 0u);
+  // Two intervals of each: still shorter than the streak.
+  Controller d({}, Table());
+  for (int i = 0; i < 200; ++i) d.OnInterval((i / 2) % 2 ? ChurnOnNested() : TlbMissesOnNested4k());
+  EXPECT_EQ(d.switches(), 0u);
+}
+
+TEST(ControllerTest, TheMinimumDwellHolds) {
+  const Options o{.streak = 1, .min_dwell = 10};
+  Controller c(o, Table());
+  uint64_t switched_at = 0;
+  for (uint64_t i = 1; i <= 10; ++i) {
+    if (c.OnInterval(TlbMissesOnNested4k()) == Mode::kShadow) {
+      switched_at = i;
+      break;
+    }
+  }
+  EXPECT_EQ(switched_at, 10u);
+  // Shadow now sees churn, which favours nested from the first interval:
+  // it stays until its own dwell is over.
+  for (uint32_t i = 1; i < o.min_dwell; ++i) EXPECT_EQ(c.OnInterval(ChurnOnShadow()), Mode::kShadow) << i;
+  EXPECT_EQ(c.OnInterval(ChurnOnShadow()), Mode::kNested);
+  EXPECT_EQ(c.to_shadow(), 1u);
+  EXPECT_EQ(c.to_nested(), 1u);
+  // A manual switch restarts the dwell too.
+  c.SetCurrent(Mode::kShadow);
+  for (uint32_t i = 1; i < o.min_dwell; ++i) EXPECT_EQ(c.OnInterval(ChurnOnShadow()), Mode::kShadow) << i;
+}
+
+TEST(ControllerTest, IdleIntervalsDecideNothing) {
+  Controller c({.streak = 1, .min_dwell = 1}, Table());
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(c.OnInterval(Deltas({})), Mode::kNested);
+  EXPECT_FALSE(c.last().decided);
+  EXPECT_EQ(c.intervals(), 50u);
+  EXPECT_EQ(c.switches(), 0u);
+}
+
+TEST(ControllerTest, TheShadowCorrectionIsLearntFromShadowIntervals) {
+  Controller c({.streak = 1, .min_dwell = 1}, Table(), Mode::kShadow);
+  EXPECT_EQ(c.shadow_correction(), 1);
+  // Stay on shadow: TLB misses only make nested dearer.
+  c.OnInterval(TlbMissesOnShadow());
+  // Churn whose trapped cost is exactly its proxy's: the correction stays 1.
+  const costmodel::CostTable& t = *Table();
+  const double proxy = 5'000 * (t.cycles("shadow_guest_fault") + t.cycles("emulated_pte_write") +
+                                t.cycles("shadow_page_fault"));
+  const uint64_t emulated = static_cast<uint64_t>((proxy - 5'000 * t.cycles("shadow_guest_fault")) /
+                                                  t.cycles("emulated_pte_write"));
+  Controller d({.streak = 100, .min_dwell = 1}, Table(), Mode::kShadow);
+  d.OnInterval(TlbMissesOnShadow());
+  d.OnInterval(Deltas({{"shadow.pf_guest", 5'000}, {"shadow.emulated_writes", emulated}}));
+  EXPECT_NEAR(d.shadow_correction(), 1.0, 1e-3);
+  // Twice the trapped cost: the correction moves halfway to 2.
+  const uint64_t emulated2 = static_cast<uint64_t>((2 * proxy - 5'000 * t.cycles("shadow_guest_fault")) /
+                                                   t.cycles("emulated_pte_write"));
+  d.OnInterval(Deltas({{"shadow.pf_guest", 5'000}, {"shadow.emulated_writes", emulated2}}));
+  EXPECT_NEAR(d.shadow_correction(), 1.5, 0.01);
+}
+
+TEST(OptionsTest, BadOptionsAreRefusedNamingTheOption) {
+  EXPECT_TRUE(Options{}.Validate().ok());
+  absl::Status s = Options{.margin = -0.1}.Validate();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("adaptive_margin"), std::string_view::npos) << s;
+  EXPECT_FALSE(Options{.margin = 1}.Validate().ok());
+  s = Options{.interval = 0}.Validate();
+  EXPECT_NE(s.message().find("adaptive_interval"), std::string_view::npos) << s;
+  s = Options{.streak = 0}.Validate();
+  EXPECT_NE(s.message().find("adaptive_streak"), std::string_view::npos) << s;
+}
+
+}  // namespace
+}  // namespace adaptive
