@@ -66,6 +66,17 @@ absl::Status Machine::Init() {
   }));
   ASSIGN_OR_RETURN(memory_, FrameTable::Create(env_.pool, {config_.name, layout.ram, true}));
   ASSIGN_OR_RETURN(vm_, env_.hypervisor->CreateVm({.memory = memory_.get()}));
+  if (env_.hypervisor->name() == "kvm") {
+    // KVM reaches RAM through the memslot, not the table: without this a
+    // touch of a discarded page would back it behind the table's back.
+    absl::StatusOr<std::unique_ptr<RamFaultHandler>> faults = RamFaultHandler::Create(memory_.get());
+    if (faults.ok()) {
+      ram_faults_ = *std::move(faults);
+    } else {
+      LOG(WARNING) << "vm '" << config_.name << "': guest touches of discarded pages stay unseen: "
+                   << faults.status();
+    }
+  }
   for (const RamMapping& m : memory_->Mappings()) {
     TRY(vm_->MapRam(m.gpa, m.size_bytes, m.host));
   }
@@ -127,9 +138,10 @@ absl::Status Machine::Init() {
     const uint32_t gsi = MemoryLayout::kVirtioFirstGsi + kSlot;
     balloon::BalloonOptions options;
     options.name = absl::StrCat("virtio-balloon@0x", absl::Hex(base));
-    // Only the soft backend's guest touches reach the FrameTable
-    // (MakeAvailable); under kvm they fault straight into the memfd.
-    options.device.guest_touches_tracked = env_.hypervisor->name() == "soft";
+    // Guest touches reach the FrameTable on soft (MakeAvailable) and on kvm
+    // through the userfaultfd handler; without it they fault straight into
+    // the memfd.
+    options.device.guest_touches_tracked = env_.hypervisor->name() == "soft" || ram_faults_ != nullptr;
     options.raise_irq = [this, gsi] {
       (void)vm_->SetIrqLine(gsi, true);
       (void)vm_->SetIrqLine(gsi, false);
@@ -348,6 +360,11 @@ MachineResult Machine::Collect() {
   if (balloon_ != nullptr) {
     // The VM's devices count with it: balloon.* (docs/balloon.md).
     for (const base::CounterValue& c : balloon_->Snapshot()) r.vm_stats.push_back(c);
+  }
+  // The table's own: populations, discards, touches of ballooned pages...
+  for (const base::CounterValue& c : memory_->counters().Snapshot("memory")) r.vm_stats.push_back(c);
+  if (ram_faults_ != nullptr) {
+    for (const base::CounterValue& c : ram_faults_->counters().Snapshot("ram_faults")) r.vm_stats.push_back(c);
   }
   if (vcpus_.size() == 1) {
     if (absl::StatusOr<BackendStats> s = vcpus_[0]->Stats(); s.ok()) r.vcpu_stats = std::move(*s);

@@ -38,6 +38,7 @@
 #include "vmm-host/hypervisor.h"
 #include "vmm-host/io_bus.h"
 #include "vmm-host/pv_mem_device.h"
+#include "vmm-host/ram_fault_handler.h"
 #include "vmm-host/results_port.h"
 #include "vmm-host/run_config.h"
 #include "vmm-host/serial.h"
@@ -145,6 +146,10 @@ class Machine {
   MachineEnv env_;
   std::string cmdline_;
   std::unique_ptr<FrameTable> memory_;
+  // kvm: serves guest touches of discarded RAM (userfaultfd), so that the
+  // table sees them; null on soft (its vCPUs go through the table) or where
+  // the host has no userfaultfd. Declared after memory_: it goes first.
+  std::unique_ptr<RamFaultHandler> ram_faults_;
   std::unique_ptr<Vm> vm_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::unique_ptr<VcpuScheduler> scheduler_;  // with more than one vCPU; goes first

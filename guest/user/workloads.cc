@@ -464,8 +464,10 @@ bool RunBalloon() {
   return ok;
 }
 
-// ---- mix: several workloads as concurrent processes ----
+// ---- mix: several workloads as concurrent processes (or, with serial=1,
+// one after another, each started once the previous one exited) ----
 bool RunMix() {
+  const bool serial = ParamU64("mix", "serial", 0) != 0;
   char list[128];
   if (!ParamStr("mix", "list", list, sizeof(list))) {
     const char* def = "compute,memtouch,ptchurn,tlbstress,dedupfill,idle";
@@ -487,7 +489,14 @@ bool RunMix() {
         SetName(item);
         Exit(RunWorkload(item) ? 0 : 1);
       }
-      if (pid < 0) ok = false; else ++started;
+      if (pid < 0) {
+        ok = false;
+      } else if (serial) {
+        WaitResult wr = Wait();
+        if (wr.pid < 0 || wr.status != 0) ok = false;
+      } else {
+        ++started;
+      }
     }
     if (last) break;
     item = p + 1;
