@@ -71,7 +71,7 @@ NestedStrategy::NestedStrategy(mmu::GuestPhysMemory* mem, const Options& options
                  mmu::HwModelConfig::TwoD().Bounding(options.hw_model_bounds_soft_tlb)) {
   absl::MutexLock lock(&mu_);
   const EptPage* root = NewPage();
-  ept_.eptp = mmu::MakeEptp(reinterpret_cast<uint64_t>(root), kEptLevels, /*enable_ad=*/false);
+  ept_.eptp = mmu::MakeEptp(reinterpret_cast<uint64_t>(root), kEptLevels, options.ept_ad);
   ept_.caps.maxphyaddr = 52;
 }
 
@@ -145,8 +145,11 @@ bool NestedStrategy::Install(uint64_t gfn, bool for_write) {
     if (contiguous) {
       uint64_t* pde = Slot(first << base::kPageShift, 2, /*create=*/true, /*split=*/false);
       DCHECK(pde != nullptr);
-      // Report every frame before a writable translation of it exists.
-      for (uint64_t i = 0; i < kLargePages; ++i) mem.NoteAccess(first + i, true);
+      // Report every frame before a writable translation of it exists (with
+      // EPT A/D the walks that use the entry report what they touch).
+      if (!options_.ept_ad) {
+        for (uint64_t i = 0; i < kLargePages; ++i) mem.NoteAccess(first + i, true);
+      }
       // A 4 KiB table it replaces stays allocated (a concurrent walk may be
       // reading it) until the strategy goes.
       if (!IsLarge(mmu::LoadEntry(pde))) ++large_in_use_;
@@ -156,10 +159,50 @@ bool NestedStrategy::Install(uint64_t gfn, bool for_write) {
     }
   }
   uint64_t* pte = Slot(gfn << base::kPageShift, 1, /*create=*/true, /*split=*/true);
-  mem.NoteAccess(gfn, writable);
+  if (!options_.ept_ad) mem.NoteAccess(gfn, writable);
   Store(pte, Leaf(page, writable, /*large=*/false));
   shared_counters_.Inc(NestedCounters::kEptInstalls);
   return true;
+}
+
+void NestedStrategy::ClearAccessDirty(uint64_t first, uint64_t count) {
+  constexpr uint64_t kAd = epte::kAccessed | epte::kDirty;
+  for (uint64_t gfn = first; gfn < first + count;) {
+    const uint64_t gpa = gfn << base::kPageShift;
+    uint64_t* pde = Slot(gpa, 2, /*create=*/false, /*split=*/false);
+    uint64_t* leaf = nullptr;
+    uint64_t step = 1;
+    if (pde != nullptr && IsLarge(mmu::LoadEntry(pde))) {
+      leaf = pde;  // one large leaf covers the rest of its 2 MiB
+      step = kLargePages - (gfn & (kLargePages - 1));
+    } else {
+      leaf = Slot(gpa, 1, /*create=*/false, /*split=*/false);
+    }
+    // A walk may be setting the bits right now (a CAS in the walker): clear
+    // them atomically; that walk then fails its CAS and walks again.
+    if (leaf != nullptr && (mmu::LoadEntry(leaf) & kAd)) {
+      std::atomic_ref<uint64_t>(*leaf).fetch_and(~kAd, std::memory_order_acq_rel);
+      shared_counters_.Inc(NestedCounters::kEptAdClears);
+    }
+    gfn += step;
+  }
+}
+
+uint64_t NestedStrategy::LeafEntry(uint64_t gpa) const noexcept {
+  const uint64_t* table = reinterpret_cast<const uint64_t*>(ept_.root());
+  for (int l = kEptLevels; l >= 1; --l) {
+    const uint64_t e = mmu::LoadEntry(&table[mmu::LevelIndex(gpa, l)]);
+    if (!(e & epte::kPermMask)) return 0;
+    if (l == 1 || IsLarge(e)) return e;
+    table = reinterpret_cast<const uint64_t*>(e & kAddrMask);
+  }
+  return 0;
+}
+
+void NestedStrategy::NoteWalkedTables(const WalkResult& r) noexcept {
+  for (int l = r.leaf_level; l <= r.top_level; ++l) {
+    memory().NoteAccess(r.entry_gpa[l] >> base::kPageShift, /*write=*/true);
+  }
 }
 
 void NestedStrategy::Clear(uint64_t gfn) {
@@ -222,6 +265,11 @@ TranslateResult NestedStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
       mmu::EptTranslate(ept_, r.gpa, req.access, false, host, &walk);
       for (int l = walk.leaf_level; l <= walk.top_level && walk.top_level > 0; ++l) ++r.refs.ept[l];
       status = walk.status;
+      // EPT A/D as the 2-D walk commits them (a changed entry: walk again).
+      if (status == WalkStatus::kOk && ept_.ad_enabled() &&
+          !mmu::CommitEptAccessDirty(walk, req.access == Access::kWrite)) {
+        status = WalkStatus::kRetry;
+      }
       r.hpa = walk.hpa;
       r.fault_gpa = r.gpa;
       r.ept_qualification = req.access == Access::kWrite ? mmu::ept_qual::kWrite : 0;
@@ -248,7 +296,11 @@ TranslateResult NestedStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
         const uint64_t gfn = r.gpa >> base::kPageShift;
         auto* page = reinterpret_cast<uint8_t*>(r.hpa & ~base::kPageMask);
         const bool write = req.access == Access::kWrite;
-        const bool frame_writable = write || mem.HostPage(gfn, /*for_write=*/true) == page;
+        // With EPT A/D, writes are allowed (and reported) only once the
+        // leaf is dirty; the walk just set D if this access is a write.
+        const bool ept_dirty = !options_.ept_ad || write || (LeafEntry(r.gpa) & epte::kDirty);
+        const bool frame_writable =
+            ept_dirty && (write || mem.HostPage(gfn, /*for_write=*/true) == page);
         const SoftTlb::MmuIdx idx = req.user_access() ? SoftTlb::MmuIdx::kUser
                                                       : SoftTlb::MmuIdx::kSupervisor;
         SoftTlb::Perms perms;
@@ -265,6 +317,7 @@ TranslateResult NestedStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
           perms = {true, frame_writable, true};
         }
         mem.NoteAccess(gfn, write || perms.write);
+        if (options_.ept_ad && vcpu.paging) NoteWalkedTables(r);
         out->host_page = page;
         out->gpa = r.gpa;
         out->mmu_idx = idx;
@@ -404,12 +457,20 @@ void NestedStrategy::OnTlbFlush(VcpuMmu& vcpu, mmu::TlbFlush scope) noexcept {
 // ---------------------------------------------------------------------------
 // FrameTable invalidation: every change (a new frame, a shared frame, a
 // harvest) clears the EPT leaves, so the next access installs them again
-// and reports itself (NoteAccess). The base class flushes the soft TLBs.
+// and reports itself (NoteAccess); with EPT A/D a harvest clears only the
+// leaves' A/D bits. The base class flushes the soft TLBs.
 
-void NestedStrategy::DropGfns(base::Gfn first, uint64_t count, mmu::GfnChange /*change*/) noexcept {
+void NestedStrategy::DropGfns(base::Gfn first, uint64_t count, mmu::GfnChange change) noexcept {
   absl::MutexLock lock(&mu_);
   shared_counters_.Inc(NestedCounters::kInvalidations);
   shared_counters_.Add(NestedCounters::kInvalidatedGfns, count);
+  if (options_.ept_ad && change == mmu::GfnChange::kHarvest) {
+    // The backing stays: clearing the A/D bits is enough for the next
+    // access (its soft-TLB entry is flushed by the base class) to walk and
+    // report itself again, without an EPT violation.
+    ClearAccessDirty(first.value(), count);
+    return;
+  }
   uint64_t gfn = first.value();
   const uint64_t end = gfn + count;
   while (gfn < end) {

@@ -18,6 +18,16 @@
 //     that covers a gfn is split first (ept_splits), so dedup, swap and
 //     balloon work at 4 KiB granularity. Every change is reported with
 //     NoteAccess when its EPT entry is installed, so harvesting is exact.
+//   - With EPT accessed/dirty flags (Options::ept_ad, EPTP bit 6) the walk
+//     sets A in every EPT entry it uses and D in the leaf of a write, as the
+//     hardware does (SDM §29.3.5), and those bits feed harvesting instead:
+//     each walk reports its gfns (NoteAccess, dirty only once the leaf is
+//     EPT-dirty; guest table pages count as written, since the walk may set
+//     their A/D bits), a soft-TLB fill is writable only over an EPT-dirty
+//     leaf, and a harvest clears the leaves' A/D bits (ept_ad_clears)
+//     instead of the leaves. Re-observing a harvested page then costs a
+//     walk, not an EPT violation, and a page mapped writable but only read
+//     is not reported dirty.
 //   - The EPT tables' "host-physical" addresses are host virtual addresses:
 //     the frames' addresses in the FramePool mapping, and the VMM's own
 //     4 KiB-aligned table pages. Table pages are never freed while the
@@ -63,6 +73,7 @@ namespace nested {
   X(EptLargeInstalls, ept_large_installs) /* 2 MiB EPT entries installed */            \
   X(EptSplits, ept_splits)             /* 2 MiB entries split to 4 KiB */              \
   X(EptClears, ept_clears)             /* EPT leaves cleared by invalidations */       \
+  X(EptAdClears, ept_ad_clears)        /* leaves whose A/D bits a harvest cleared */   \
   X(TlbFills, tlb_fills)                                                               \
   X(UnfilledSmap, unfilled_smap)                                                       \
   X(Mmio, mmio)                                                                        \
@@ -95,6 +106,8 @@ class NestedStrategy final : public mmu::PagingStrategy {
     bool large_pages = true;
     // See NativeStrategy::Options::hw_model_bounds_soft_tlb.
     bool hw_model_bounds_soft_tlb = true;
+    // EPT accessed/dirty flags (EPTP bit 6) drive harvesting (above).
+    bool ept_ad = false;
   };
   static constexpr uint32_t kMaxVcpus = 1024;
   // Walks one translation may take: each EPT violation installs one entry,
@@ -153,6 +166,13 @@ class NestedStrategy final : public mmu::PagingStrategy {
   uint64_t* Slot(uint64_t gpa, int level, bool create, bool split) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Split(uint64_t* pde) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Clear(uint64_t gfn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Harvest with EPT A/D: clears the A/D bits of the leaves mapping
+  // [first, first + count), 2 MiB leaves included (no split).
+  void ClearAccessDirty(uint64_t first, uint64_t count) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The EPT leaf mapping `gpa` as it is now (lock-free; 0 if none).
+  uint64_t LeafEntry(uint64_t gpa) const noexcept;
+  // EPT A/D: reports a successful walk's guest table pages, as written.
+  void NoteWalkedTables(const mmu::WalkResult& r) noexcept;
   // The gpa of `req` by a software walk of the guest tables that sets their
   // A/D bits (the VMM's emulation of an access it cannot map); `walked_gpa`
   // if that walk cannot complete.

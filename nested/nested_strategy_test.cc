@@ -28,9 +28,16 @@ std::unique_ptr<mmu::PagingStrategy> MakeNested(mmu::GuestPhysMemory* mem, uint3
   return *std::move(s);
 }
 
+std::unique_ptr<mmu::PagingStrategy> MakeNestedAd(mmu::GuestPhysMemory* mem, uint32_t max_vcpus) {
+  auto s = NestedStrategy::Create(mem, {.max_vcpus = max_vcpus, .ept_ad = true});
+  CHECK(s.ok());
+  return *std::move(s);
+}
+
 using mmu::testing::StrategyConformanceTest;
 INSTANTIATE_TEST_SUITE_P(Nested, StrategyConformanceTest,
-                         ::testing::Values(mmu::testing::StrategyFactory{"nested", MakeNested}),
+                         ::testing::Values(mmu::testing::StrategyFactory{"nested", MakeNested},
+                                           mmu::testing::StrategyFactory{"nested_ad", MakeNestedAd}),
                          [](const auto& param_info) { return param_info.param.name; });
 
 // 8 MiB of guest RAM (four 2 MiB ranges, 2 MiB-aligned in host memory too)
@@ -85,6 +92,18 @@ class NestedTest : public ::testing::Test {
       if (c.name == std::string("nested.") + name) return c.value;
     }
     ADD_FAILURE() << "no counter " << name;
+    return 0;
+  }
+
+  // The EPT leaf that maps `gpa` now (0 if none), read as the walker does.
+  uint64_t EptLeaf(uint64_t gpa) {
+    const auto* table = reinterpret_cast<const uint64_t*>(strategy_->ept().root());
+    for (int l = NestedStrategy::kEptLevels; l >= 1; --l) {
+      const uint64_t e = table[mmu::LevelIndex(gpa, l)];
+      if (!(e & mmu::epte::kPermMask)) return 0;
+      if (l == 1 || (e & mmu::epte::kPageSize)) return e;
+      table = reinterpret_cast<const uint64_t*>(e & 0x000f'ffff'ffff'f000ull);
+    }
     return 0;
   }
 
@@ -187,6 +206,73 @@ TEST_F(NestedTest, AGfnOutsideRamIsMmioAndATableThereIsANotPresentFault) {
   strategy_->OnInvlpg(vcpu_, kVa);
   ASSERT_EQ(Translate(kVa, Access::kRead), TranslateResult::kInjectGuestFault);
   EXPECT_EQ(out_.vector, mmu::kVectorPf);
+}
+
+// EPT A/D on: the walk sets the EPT leaf's A (and D on a write) and those
+// bits decide what is reported; a harvest clears them without clearing the
+// leaf, so re-observing the page needs no EPT violation, and a page that was
+// only read after the harvest is not reported dirty.
+TEST_F(NestedTest, EptAccessDirtyBitsFeedHarvestingWithoutExits) {
+  Build({.large_pages = false, .ept_ad = true});
+  const uint64_t gfn = data_ >> 12;
+  ASSERT_EQ(Translate(kVa, Access::kRead), TranslateResult::kFixed);
+  EXPECT_TRUE(EptLeaf(data_) & mmu::epte::kAccessed);
+  EXPECT_FALSE(EptLeaf(data_) & mmu::epte::kDirty);
+  EXPECT_FALSE(out_.perms.write) << "writable only over an EPT-dirty leaf";
+  EXPECT_TRUE(mem_->accessed(gfn));
+  EXPECT_FALSE(mem_->dirty(gfn)) << "installed writable, but only read";
+  // The guest's tables: the walk may write their A/D bits, so they count
+  // as written.
+  for (uint64_t table_gfn = 1; table_gfn <= 4; ++table_gfn) EXPECT_TRUE(mem_->dirty(table_gfn));
+
+  ASSERT_EQ(Translate(kVa, Access::kWrite), TranslateResult::kFixed);
+  EXPECT_TRUE(EptLeaf(data_) & mmu::epte::kDirty);
+  EXPECT_TRUE(out_.perms.write);
+  EXPECT_TRUE(mem_->dirty(gfn));
+
+  const uint64_t violations = Count("ept_violation");
+  EXPECT_EQ(mem_->Harvest(gfn), 3u);  // accessed and dirty
+  EXPECT_EQ(Count("ept_clears"), 0u) << "a harvest keeps the leaf";
+  EXPECT_EQ(Count("ept_ad_clears"), 1u);
+  EXPECT_NE(EptLeaf(data_), 0u);
+  EXPECT_FALSE(EptLeaf(data_) & (mmu::epte::kAccessed | mmu::epte::kDirty));
+  EXPECT_EQ(tlb_.Lookup<Access::kRead>(mmu::SoftTlb::MmuIdx::kSupervisor, kVa, 8), nullptr);
+  ASSERT_EQ(Translate(kVa, Access::kRead), TranslateResult::kFixed);
+  EXPECT_EQ(Count("ept_violation"), violations) << "re-observed by a walk, not an exit";
+  EXPECT_TRUE(mem_->accessed(gfn));
+  EXPECT_FALSE(mem_->dirty(gfn));
+  EXPECT_EQ(mem_->Harvest(gfn), 1u);  // accessed only
+  ASSERT_EQ(Translate(kVa, Access::kWrite), TranslateResult::kFixed);
+  EXPECT_EQ(mem_->Harvest(gfn), 3u);
+  EXPECT_TRUE(strategy_->Audit(vcpu_).ok()) << strategy_->Audit(vcpu_);
+}
+
+// Without EPT A/D (the default) a harvest clears the leaf: the next access
+// is an EPT violation, and a writable install reports the page dirty.
+TEST_F(NestedTest, WithoutEptAccessDirtyAHarvestCostsAViolation) {
+  Build({.large_pages = false});
+  const uint64_t gfn = data_ >> 12;
+  ASSERT_EQ(Translate(kVa, Access::kRead), TranslateResult::kFixed);
+  EXPECT_TRUE(mem_->dirty(gfn)) << "reported at install: writable";
+  const uint64_t violations = Count("ept_violation");
+  EXPECT_EQ(mem_->Harvest(gfn), 3u);
+  EXPECT_EQ(EptLeaf(data_), 0u);
+  ASSERT_EQ(Translate(kVa, Access::kRead), TranslateResult::kFixed);
+  EXPECT_EQ(Count("ept_violation"), violations + 1);
+}
+
+// A large leaf keeps its 2 MiB on a harvest with EPT A/D: no split.
+TEST_F(NestedTest, EptAccessDirtyHarvestOfALargeLeafDoesNotSplitIt) {
+  Build({.ept_ad = true});
+  ASSERT_EQ(Translate(kVa, Access::kWrite), TranslateResult::kFixed);
+  ASSERT_TRUE(EptLeaf(data_) & mmu::epte::kPageSize);
+  EXPECT_TRUE(EptLeaf(data_) & mmu::epte::kDirty);
+  EXPECT_EQ(mem_->Harvest(data_ >> 12), 3u);
+  EXPECT_EQ(Count("ept_splits"), 0u);
+  EXPECT_TRUE(EptLeaf(data_) & mmu::epte::kPageSize);
+  EXPECT_FALSE(EptLeaf(data_) & mmu::epte::kDirty);
+  ASSERT_EQ(Translate(kVa, Access::kRead), TranslateResult::kFixed);
+  EXPECT_FALSE(mem_->dirty(data_ >> 12));
 }
 
 TEST(NestedCreateTest, BadOptionsAreRejected) {
