@@ -47,6 +47,10 @@ absl::Status Options::Validate() const {
   if (!(prior_ept_cycles_per_walk >= 0) || !std::isfinite(prior_ept_cycles_per_walk)) {
     return absl::InvalidArgumentError("adaptive prior_ept_cycles_per_walk: must be a finite number >= 0");
   }
+  if (!(prior_switch_to_shadow_cycles >= 0) || !std::isfinite(prior_switch_to_shadow_cycles) ||
+      !(prior_switch_to_nested_cycles >= 0) || !std::isfinite(prior_switch_to_nested_cycles)) {
+    return absl::InvalidArgumentError("adaptive prior switch costs: must be finite numbers >= 0");
+  }
   if (!(min_interval_cycles >= 0) || !std::isfinite(min_interval_cycles)) {
     return absl::InvalidArgumentError("adaptive min_interval_cycles: must be a finite number >= 0");
   }
@@ -54,12 +58,17 @@ absl::Status Options::Validate() const {
 }
 
 Controller::Controller(const Options& options, const costmodel::CostTable* costs, Mode start)
-    : options_(options), costs_(costs), current_(start), ept_per_walk_(options.prior_ept_cycles_per_walk) {}
+    : options_(options),
+      costs_(costs),
+      current_(start),
+      ept_per_walk_(options.prior_ept_cycles_per_walk),
+      switch_cost_{options.prior_switch_to_shadow_cycles, options.prior_switch_to_nested_cycles} {}
 
 void Controller::SetCurrent(Mode mode) {
   current_ = mode;
   dwell_ = 0;
   streak_ = 0;
+  credit_ = 0;
 }
 
 double Controller::UpdateProxy(uint64_t faults, uint64_t invlpg, uint64_t cr3, uint64_t flushes) const {
@@ -96,6 +105,11 @@ Estimate Controller::OnNested(const costmodel::CostInputs& d) {
     ept_per_walk_ = ept_measured_ ? ept_per_walk_ + kLearnRate * (sample - ept_per_walk_) : sample;
     ept_measured_ = true;
   }
+  if (dwell_ == 0) {
+    // The first interval on nested: its EPT violations are the rebuild.
+    double& cost = switch_cost_[static_cast<int>(Mode::kNested)];
+    cost = std::max(cost, violations);
+  }
   const double guest_walk = std::max(0.0, e.current - ept_walk - violations);
   const double trapped = UpdateProxy(d.Get("nested.guest_faults"), d.Get("nested.invlpg"),
                                      d.Get("nested.cr3_writes"), d.Get("nested.tlb_flush"));
@@ -123,6 +137,12 @@ Estimate Controller::OnShadow(const costmodel::CostInputs& d) {
     const double sample = std::clamp(trapped / proxy, kMinCorrection, kMaxCorrection);
     correction_ += kLearnRate * (sample - correction_);
   }
+  if (dwell_ == 0) {
+    // The first interval on shadow: what its guest-visible events do not
+    // explain is the shadow tables' rebuild.
+    double& cost = switch_cost_[static_cast<int>(Mode::kShadow)];
+    cost = std::max(cost, trapped - correction_ * proxy);
+  }
   // The same walks as 2-D walks: each STLB miss also translates its guest
   // tables' and its data's gpas.
   e.other = walk + static_cast<double>(d.Get("shadow.hw.tlb_misses")) * ept_per_walk_;
@@ -137,12 +157,14 @@ Mode Controller::OnInterval(const costmodel::CostInputs& deltas) {
   if (last_.decided) {
     if (last_.other < last_.current * (1 - options_.margin)) {
       ++streak_;
+      credit_ += last_.current - last_.other;
     } else {
       streak_ = 0;
+      credit_ = 0;
     }
   }
-  if (streak_ >= options_.streak && dwell_ >= options_.min_dwell) {
-    const Mode next = current_ == Mode::kNested ? Mode::kShadow : Mode::kNested;
+  const Mode next = current_ == Mode::kNested ? Mode::kShadow : Mode::kNested;
+  if (streak_ >= options_.streak && dwell_ >= options_.min_dwell && credit_ >= switch_cost(next)) {
     ++(next == Mode::kShadow ? to_shadow_ : to_nested_);
     SetCurrent(next);
   }

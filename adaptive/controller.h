@@ -23,9 +23,16 @@
 //         each). That proxy is scaled by a correction learnt on shadow
 //         intervals (actual trapped cost / the proxy of the same interval).
 //   - switches when the other estimate is cheaper by `margin` for `streak`
-//     consecutive intervals, and the current strategy has run at least
-//     `min_dwell` intervals (a switch drops the strategy's tables: the new
-//     one rebuilds them, which the next intervals pay).
+//     consecutive intervals, the savings those intervals show add up to at
+//     least the cost of switching (below), and the current strategy has run
+//     at least `min_dwell` intervals.
+// A switch drops the strategy's tables and the new one rebuilds them: under
+// shadow one shadow fault per page in use, under nested one EPT violation
+// per 2 MiB (or 4 KiB) range. That cost is a prior until a switch measured
+// it: the cost of the first interval after a switch beyond what its events
+// explain (shadow: trapped cost beyond the corrected proxy; nested: its EPT
+// violations). The measure is only ever raised from the prior (a rebuild
+// that spans several intervals is under-counted by the first one).
 //
 // Thread safety: none; one controller per VM, used by its vCPU thread.
 #pragma once
@@ -58,6 +65,11 @@ struct Options {
   // default table 5 * 1 + 12. Adaptive starts on nested, so the measured
   // value replaces it before it is ever used in a run.
   double prior_ept_cycles_per_walk = 17;
+  // The cost of a switch (the new strategy's rebuild) before one measured
+  // it. To shadow: 2300 shadow faults at the default table's 3500 cycles, a
+  // working set of 9 MiB rebuilt; to nested: 100 EPT violations.
+  double prior_switch_to_shadow_cycles = 8'000'000;
+  double prior_switch_to_nested_cycles = 220'000;
   // Intervals with fewer MMU cycles than this, under both estimates, are
   // counted but decide nothing (an idle guest's noise).
   double min_interval_cycles = 10'000;
@@ -97,6 +109,7 @@ class Controller {
   // The learnt figures (tests, docs).
   double ept_cycles_per_walk() const { return ept_per_walk_; }
   double shadow_correction() const { return correction_; }
+  double switch_cost(Mode to) const { return switch_cost_[static_cast<int>(to)]; }
 
  private:
   Estimate OnNested(const costmodel::CostInputs& d);
@@ -115,6 +128,8 @@ class Controller {
   double ept_per_walk_;
   bool ept_measured_ = false;
   double correction_ = 1;
+  double switch_cost_[2];  // by Mode
+  double credit_ = 0;      // the savings of the current streak
   Estimate last_;
 };
 
