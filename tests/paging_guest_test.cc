@@ -9,7 +9,9 @@
 //     shares and their breaks) while a workload runs lose no data; under
 //     shadow the audit after each finds the shadow tables exact;
 //   - switching the strategy at random moments while a workload runs
-//     changes none of its results.
+//     changes none of its results;
+//   - the adaptive mode computes what native computes, and counts its
+//     decisions.
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +33,7 @@
 #include "vmm-host/frame_pool.h"
 #include "vmm-host/frame_table.h"
 #include "vmm-host/machine.h"
+#include "vmm-host/report.h"
 #include "vmm-host/soft_hypervisor.h"
 #include "vmm-host/vmm_runner.h"
 
@@ -309,6 +312,91 @@ TEST_F(PagingGuestTest, SwitchingStrategiesWhileRunningChangesNothing) {
   std::printf("switch requests %llu, switches %llu, shares %llu\n", static_cast<unsigned long long>(requests),
               static_cast<unsigned long long>(s.at("vm.strategy_switches")),
               static_cast<unsigned long long>(shares));
+}
+
+// paging "adaptive" (docs/paging-strategies.md, "The adaptive mode") runs
+// mix and computes exactly what native computes; its decisions are counted.
+TEST_F(PagingGuestTest, AdaptiveComputesWhatNativeComputes) {
+  RunConfig config;
+  config.log_dir = (dir_ / "logs").string();
+  config.report_path = (dir_ / "report.json").string();
+  config.vms.push_back(Vm("native", "native", "mix"));
+  config.vms.push_back(Vm("adaptive", "adaptive", "mix"));
+  absl::StatusOr<RunOutcome> run = RunVms(config);
+  ASSERT_TRUE(run.ok()) << run.status();
+  for (const MachineResult& r : run->vms) {
+    ASSERT_TRUE(r.ok()) << r.name << ": " << MachineOutcomeName(r.outcome) << ": " << r.failure << "\n"
+                        << r.console_tail;
+  }
+  const MachineResult& native = run->vms[0];
+  const MachineResult& adaptive = run->vms[1];
+  EXPECT_EQ(adaptive.paging_mode, "soft/adaptive");
+  EXPECT_TRUE(adaptive.paging_strategy == "nested" || adaptive.paging_strategy == "shadow")
+      << adaptive.paging_strategy;
+  EXPECT_EQ(vmm::testing::DataResults(adaptive).at("mix.checksum_ok"), 1u);
+  EXPECT_EQ(adaptive.results, native.results);
+  EXPECT_EQ(Stats(adaptive.vcpu_stats).at("cpu.instructions"), Stats(native.vcpu_stats).at("cpu.instructions"));
+  const std::map<std::string, uint64_t> s = Stats(adaptive.vm_stats);
+  EXPECT_GT(s.at("adaptive.intervals"), 0u);
+  EXPECT_EQ(s.at("adaptive.switches"), s.at("adaptive.to_shadow") + s.at("adaptive.to_nested"));
+  EXPECT_EQ(s.at("adaptive.switches"), s.at("vm.strategy_switches"));
+  EXPECT_EQ(s.at("adaptive.current"), adaptive.paging_strategy == "shadow" ? 1u : 2u);
+  EXPECT_GT(s.at("nested.walks"), 0u) << "adaptive starts on nested";
+  EXPECT_FALSE(Stats(native.vm_stats).contains("adaptive.intervals"));
+}
+
+// The same with a controller that switches at the least hint (no margin, no
+// streak or dwell to speak of, switches priced at nothing, short intervals):
+// many switches in both directions, and still every result is native's; the
+// cost model prices each strategy's share of the run.
+TEST_F(PagingGuestTest, AdaptiveSwitchingOftenChangesNothing) {
+  absl::StatusOr<ElfImage> image = LoadElfFile(DefaultKernelPath());
+  ASSERT_TRUE(image.ok()) << image.status();
+  SoftOptions options;
+  options.paging = "adaptive";
+  options.shadow_audit = true;
+  options.adaptive = {.interval = 200'000, .margin = 0, .streak = 1, .min_dwell = 1,
+                      .prior_switch_to_shadow_cycles = 0, .prior_switch_to_nested_cycles = 0};
+  absl::StatusOr<std::unique_ptr<SoftHypervisor>> hv = SoftHypervisor::Create(options);
+  ASSERT_TRUE(hv.ok()) << hv.status();
+  options.adaptive.margin = -0.5;
+  EXPECT_FALSE(SoftHypervisor::Create(options).ok()) << "a negative margin is refused";
+  absl::StatusOr<std::unique_ptr<FramePool>> pool = FramePool::Create({.budget_bytes = 2 * kRamBytes});
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  MachineEnv env;
+  env.hypervisor = hv->get();
+  env.pool = pool->get();
+  env.image = &*image;
+  env.log_dir = (dir_ / "logs").string();
+  MachineResult results[2];
+  for (int i = 0; i < 2; ++i) {
+    // Native first, on its own hypervisor, as the reference.
+    absl::StatusOr<std::unique_ptr<SoftHypervisor>> native = SoftHypervisor::Create({});
+    ASSERT_TRUE(native.ok());
+    MachineEnv e = env;
+    if (i == 0) e.hypervisor = native->get();
+    absl::StatusOr<std::unique_ptr<Machine>> m =
+        Machine::Create(Vm(i == 0 ? "native" : "adaptive", i == 0 ? "native" : "adaptive", "mix"), e);
+    ASSERT_TRUE(m.ok()) << m.status();
+    (*m)->Start();
+    results[i] = (*m)->Wait();
+    ASSERT_TRUE(results[i].ok()) << results[i].failure << "\n" << results[i].console_tail;
+  }
+  const MachineResult& r = results[1];
+  EXPECT_EQ(r.results, results[0].results);
+  EXPECT_EQ(vmm::testing::DataResults(r).at("mix.checksum_ok"), 1u);
+  const std::map<std::string, uint64_t> s = Stats(r.vm_stats);
+  EXPECT_GE(s.at("adaptive.to_shadow"), 1u);
+  EXPECT_GE(s.at("adaptive.to_nested"), 1u);
+  EXPECT_EQ(s.at("adaptive.switches"), s.at("vm.strategy_switches"));
+  EXPECT_EQ(s.at("vm.strategy_switch_failures"), 0u);
+  EXPECT_EQ(s.at("shadow.audit_failures"), 0u) << "see the ERROR line in the log";
+  const costmodel::ModelledCycles m = ModelledCyclesOf(r, costmodel::CostTable::Default());
+  EXPECT_GT(m.Class("shadow_page_faults"), 0u);
+  EXPECT_GT(m.Class("walk_refs_ept"), 0u);
+  std::printf("adaptive: %llu intervals, %llu switches\n",
+              static_cast<unsigned long long>(s.at("adaptive.intervals")),
+              static_cast<unsigned long long>(s.at("adaptive.switches")));
 }
 
 }  // namespace

@@ -182,6 +182,21 @@ absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text) {
         return FieldError(key, "expected a positive integer (guest instructions)");
       }
       config.soft_slice = v.get<uint64_t>();
+    } else if (key == "adaptive_interval") {
+      if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
+        return FieldError(key, "expected a positive integer (guest instructions)");
+      }
+      config.adaptive_interval = v.get<uint64_t>();
+    } else if (key == "adaptive_margin") {
+      ASSIGN_OR_RETURN(config.adaptive_margin, NumberField(v, key));
+    } else if (key == "adaptive_streak" || key == "adaptive_min_dwell") {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 1'000'000) {
+        return FieldError(key, "expected an integer in 0..1000000 (intervals)");
+      }
+      (key == "adaptive_streak" ? config.adaptive_streak : config.adaptive_min_dwell) = v.get<uint32_t>();
+    } else if (key == "nested_large_pages") {
+      if (!v.is_boolean()) return FieldError(key, "expected true or false");
+      config.nested_large_pages = v.get<bool>();
     } else if (key == "control_socket") {
       ASSIGN_OR_RETURN(config.control_socket, StringField(v, key));
     } else if (key == "soft_hw_model") {
@@ -230,6 +245,15 @@ absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
   return config;
 }
 
+adaptive::Options AdaptiveOptions(const RunConfig& config) {
+  adaptive::Options o;
+  o.interval = config.adaptive_interval;
+  o.margin = config.adaptive_margin;
+  o.streak = config.adaptive_streak;
+  o.min_dwell = config.adaptive_min_dwell;
+  return o;
+}
+
 absl::Status ValidateRunConfig(const RunConfig& config) {
   if (config.soft_cpu_khz < 1000 || config.soft_cpu_khz > 100'000'000) {
     return FieldError("soft_cpu_khz", "expected 1000 (1 MHz) to 100000000 (100 GHz)");
@@ -237,6 +261,10 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
   if (config.soft_slice == 0) return FieldError("soft_slice", "expected a positive integer");
   if (config.soft_hw_model != "exact" && config.soft_hw_model != "fast") {
     return FieldError("soft_hw_model", "expected \"exact\" or \"fast\"");
+  }
+  // The messages name the option ("adaptive_margin: ...").
+  if (absl::Status s = AdaptiveOptions(config).Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", s.message()));
   }
   if (config.vms.empty()) return absl::InvalidArgumentError("config: vms: no VMs to run");
   std::set<std::string> names;
@@ -254,10 +282,16 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
     if (vm.backend != "kvm" && vm.backend != "soft") {
       return FieldError(absl::StrCat(where, ".backend"), "expected \"kvm\" or \"soft\"");
     }
-    if (!IsPagingStrategy(vm.paging)) {
+    if (!IsPagingMode(vm.paging)) {
       return FieldError(absl::StrCat(where, ".paging"),
                         absl::StrCat("unknown paging strategy \"", vm.paging, "\" (available: ",
-                                     kPagingStrategies, ")"));
+                                     kPagingModes, ")"));
+    }
+    if (vm.paging == "adaptive" && vm.backend != "soft") {
+      // kvm's translation is the hardware's: there is nothing to choose.
+      return FieldError(absl::StrCat(where, ".paging"),
+                        "adaptive chooses between the soft backend's strategies: it needs "
+                        "backend soft");
     }
     if (!IsKnownWorkload(vm.workload)) {
       std::string known;

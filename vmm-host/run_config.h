@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "adaptive/controller.h"
 
 namespace vmm {
 
@@ -23,7 +24,8 @@ struct VmConfig {
   std::string name;
   std::string backend = "kvm";
   // The soft backend's paging strategy (docs/paging-strategies.md): every
-  // guest memory access on `soft` goes through it. Ignored on kvm.
+  // guest memory access on `soft` goes through it. Ignored on kvm, except
+  // "adaptive", which kvm refuses (it is a choice between soft strategies).
   std::string paging = "native";
   uint64_t ram_bytes = uint64_t{64} << 20;
   // More than 1 only on the soft backend (round-robin on the VM's thread)
@@ -78,6 +80,17 @@ struct RunConfig {
   // The soft backend's hardware model: "exact" (default) or "fast"
   // (SoftOptions::hw_model_exact; docs/cost-model.md).
   std::string soft_hw_model = "exact";
+  // paging "adaptive" (docs/paging-strategies.md, "The adaptive mode"):
+  // guest instructions per interval, the fraction by which the other
+  // strategy must be estimated cheaper, for how many consecutive intervals,
+  // and the intervals a strategy runs at least (adaptive::Options).
+  uint64_t adaptive_interval = adaptive::Options{}.interval;
+  double adaptive_margin = adaptive::Options{}.margin;
+  uint32_t adaptive_streak = adaptive::Options{}.streak;
+  uint32_t adaptive_min_dwell = adaptive::Options{}.min_dwell;
+  // Nested paging (and adaptive): 2 MiB EPT entries where the backing
+  // allows; false maps every gfn with a 4 KiB EPT entry.
+  bool nested_large_pages = true;
   // A JSON file overriding some or all entries of the cost model's table
   // (docs/cost-model.md); "" keeps the default table.
   std::string cost_model;
@@ -92,6 +105,9 @@ absl::StatusOr<uint64_t> ParseSize(std::string_view text);
 // Parses a JSON run config. Errors name the field: "vms[1].ram: ...".
 absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text);
 absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path);
+
+// The adaptive paging mode's options from the config's adaptive_* fields.
+adaptive::Options AdaptiveOptions(const RunConfig& config);
 
 // Checks a complete config (after flags are applied): names unique and
 // usable as file names, known workloads and backends, sizes sane.

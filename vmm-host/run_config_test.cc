@@ -130,5 +130,46 @@ TEST(RunConfigTest, PagingScheduleParsesAndIsChecked) {
             std::string::npos);
 }
 
+TEST(RunConfigTest, AdaptivePagingParsesAndIsChecked) {
+  absl::StatusOr<RunConfig> c = ParseRunConfig(R"({"adaptive_interval": 1000000, "adaptive_margin": 0.1,
+      "adaptive_streak": 2, "adaptive_min_dwell": 4, "nested_large_pages": false,
+      "vms": [{"backend": "soft", "paging": "adaptive"}]})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(ValidateRunConfig(*c).ok()) << ValidateRunConfig(*c);
+  EXPECT_EQ(c->vms[0].paging, "adaptive");
+  const adaptive::Options o = AdaptiveOptions(*c);
+  EXPECT_EQ(o.interval, 1'000'000u);
+  EXPECT_EQ(o.margin, 0.1);
+  EXPECT_EQ(o.streak, 2u);
+  EXPECT_EQ(o.min_dwell, 4u);
+  EXPECT_FALSE(c->nested_large_pages);
+
+  auto error = [](const char* json) {
+    absl::StatusOr<RunConfig> r = ParseRunConfig(json);
+    if (r.ok()) return std::string(ValidateRunConfig(*r).message());
+    return std::string(r.status().message());
+  };
+  EXPECT_NE(error(R"({"vms": [{"backend": "kvm", "paging": "adaptive"}]})")
+                .find("vms[0] (vm0).paging: adaptive chooses between the soft backend's strategies"),
+            std::string::npos)
+      << error(R"({"vms": [{"backend": "kvm", "paging": "adaptive"}]})");
+  EXPECT_NE(error(R"({"adaptive_margin": -0.2, "vms": [{"backend": "soft", "paging": "adaptive"}]})")
+                .find("adaptive_margin: must be in [0, 1)"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"adaptive_streak": 0, "vms": [{"backend": "soft", "paging": "adaptive"}]})")
+                .find("adaptive_streak: must be at least 1"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"adaptive_interval": 0, "vms": [{"backend": "soft"}]})")
+                .find("adaptive_interval: expected a positive integer"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"nested_large_pages": 1, "vms": [{"backend": "soft"}]})")
+                .find("nested_large_pages: expected true or false"),
+            std::string::npos);
+  // A schedule switches between strategies; adaptive is a mode to start in.
+  EXPECT_NE(error(R"({"vms": [{"backend": "soft", "paging_schedule": [{"at": 1, "strategy": "adaptive"}]}]})")
+                .find("paging_schedule[0].strategy: unknown paging strategy \"adaptive\""),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace vmm

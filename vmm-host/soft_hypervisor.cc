@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "base/check.h"
+#include "base/log.h"
 #include "base/status.h"
 #include "cpu/cpu_state.h"
 #include "cpu/interpreter.h"
@@ -39,7 +41,9 @@ class SoftVm;
 absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> MakePagingStrategy(const SoftOptions& options,
                                                                         FrameTable* memory,
                                                                         uint32_t max_vcpus) {
-  const std::string& name = options.paging;
+  // Adaptive starts on nested: it adds no exits of its own to what the guest
+  // does first (booting, building its tables), which shadow would trap.
+  const std::string& name = options.paging == "adaptive" ? std::string("nested") : options.paging;
   const bool bound = options.hw_model_exact;
   if (name == "native") {
     ASSIGN_OR_RETURN(auto s, cpu::NativeStrategy::Create(
@@ -55,7 +59,9 @@ absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> MakePagingStrategy(const So
   }
   if (name == "nested") {
     ASSIGN_OR_RETURN(auto s, nested::NestedStrategy::Create(
-                                 memory, {.max_vcpus = max_vcpus, .hw_model_bounds_soft_tlb = bound}));
+                                 memory, {.max_vcpus = max_vcpus,
+                                          .large_pages = options.nested_large_pages,
+                                          .hw_model_bounds_soft_tlb = bound}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
   return absl::InvalidArgumentError(absl::StrCat("soft: unknown paging strategy \"", name, "\""));
@@ -83,6 +89,15 @@ BASE_DEFINE_COUNTERS(SoftSchedCounters, VMM_SOFT_SCHED_COUNTERS);
   X(StrategySwitchFailures, strategy_switch_failures) /* new strategy not created */
 BASE_DEFINE_COUNTERS(SoftVmCounters, VMM_SOFT_VM_COUNTERS);
 
+// The adaptive mode (VMs started with paging "adaptive" only).
+#define VMM_SOFT_ADAPTIVE_COUNTERS(X)                                                  \
+  X(Intervals, intervals)    /* intervals the controller judged */                    \
+  X(Switches, switches)      /* switches it decided */                                 \
+  X(ToShadow, to_shadow)                                                                \
+  X(ToNested, to_nested)                                                                \
+  X(Current, current)        /* the strategy now: 1 shadow, 2 nested, 0 native (paused) */
+BASE_DEFINE_COUNTERS(SoftAdaptiveCounters, VMM_SOFT_ADAPTIVE_COUNTERS);
+
 // One vCPU: its architectural state, soft TLB, local APIC and interpreter.
 // It is the interpreter's CpuPlatform: interrupt controller accesses are
 // served here, everything else becomes an exit.
@@ -105,6 +120,11 @@ class SoftVcpu final : public Vcpu, public cpu::CpuPlatform {
   uint8_t apic_id() const { return lapic_.id(); }
   // Strategy switching (SoftVm::ApplyPendingSwitch; this vCPU not running).
   mmu::VcpuMmu* mmu() { return &mmu_; }
+  // Guest instructions retired since the last call (the adaptive intervals).
+  uint64_t TakeRetired() {
+    const uint64_t now = interp_->counters().Get(cpu::InterpreterCounters::kInstructions);
+    return now - std::exchange(retired_reported_, now);
+  }
   absl::Status SwitchStrategy(mmu::PagingStrategy* next) {
     TRY(next->AttachVcpu(&mmu_));  // flushes the soft TLB: its entries were the old strategy's
     interp_->set_strategy(next);
@@ -188,6 +208,7 @@ class SoftVcpu final : public Vcpu, public cpu::CpuPlatform {
   VcpuExit read_exit_;
 
   std::atomic<bool> kicked_{false};
+  uint64_t retired_reported_ = 0;  // TakeRetired
 
   SoftVcpuCounters counters_;
 };
@@ -200,6 +221,14 @@ class SoftVm final : public Vm {
   }
 
   absl::Status Init() {
+    if (options_.paging == "adaptive") {
+      TRY(options_.adaptive.Validate());
+      costs_ = options_.costs ? options_.costs
+                              : std::shared_ptr<const costmodel::CostTable>(
+                                    &costmodel::CostTable::Default(), [](const costmodel::CostTable*) {});
+      adaptive_ = std::make_unique<adaptive::Controller>(options_.adaptive, costs_.get(), adaptive::Mode::kNested);
+      adaptive_counters_.Add(SoftAdaptiveCounters::kCurrent, 2);
+    }
     ASSIGN_OR_RETURN(strategy_, MakePagingStrategy(options_, memory_, kMaxVcpus));
     listener_ = MakeListener(strategy_.get());
     memory_->RegisterInvalidationListener(listener_.get());
@@ -266,6 +295,9 @@ class SoftVm final : public Vm {
       }
     }
     for (const auto& c : vm_counters_.Snapshot("vm")) out.push_back(c);
+    if (adaptive_) {
+      for (const auto& c : adaptive_counters_.Snapshot("adaptive")) out.push_back(c);
+    }
     for (const auto& c : ioapic_->counters().Snapshot("ioapic")) out.push_back(c);
     if (scheduled_.load(std::memory_order_relaxed)) {
       for (const auto& c : sched_counters_.Snapshot("sched")) out.push_back(c);
@@ -302,6 +334,15 @@ class SoftVm final : public Vm {
   absl::Status ApplyPendingSwitch();
   absl::Mutex& run_mu() { return run_mu_; }
 
+  // The adaptive mode (docs/paging-strategies.md, "The adaptive mode"). A
+  // vCPU thread reports the instructions it retired after each interpreter
+  // run (holding run_mu() shared); at each interval's end the controller
+  // judges the interval from the current strategy's counter deltas, and a
+  // decision to switch is posted as SetPagingStrategy posts one: the vCPU
+  // leaves its run (the kick) and switches at its next RunUntil.
+  bool adaptive() const { return adaptive_ != nullptr; }
+  void OnRetired(uint64_t instructions);
+
   // Wakes whatever waits for this VM's vCPUs (a halted vCPU's Run, or the
   // scheduler): a kick or a posted interrupt. Any thread.
   void Wake() {
@@ -330,6 +371,17 @@ class SoftVm final : public Vm {
 
   const SoftOptions options_;
   FrameTable* const memory_;
+  // Adaptive only. The controller and its interval state are used by the
+  // VM's vCPU thread (all of a soft VM's vCPUs run on one thread), under
+  // adaptive_mu_ so that a VM run otherwise stays correct too.
+  std::shared_ptr<const costmodel::CostTable> costs_;
+  absl::Mutex adaptive_mu_;
+  std::unique_ptr<adaptive::Controller> adaptive_ ABSL_PT_GUARDED_BY(adaptive_mu_);
+  uint64_t adaptive_retired_ ABSL_GUARDED_BY(adaptive_mu_) = 0;  // in the current interval
+  // The current strategy's counters when the interval began (empty: a
+  // strategy that has just started, whose counters start at zero).
+  std::map<std::string, uint64_t, std::less<>> adaptive_base_ ABSL_GUARDED_BY(adaptive_mu_);
+  SoftAdaptiveCounters adaptive_counters_;
   // Replaced by ApplyPendingSwitch: written under run_mu_ (exclusive) and
   // strategy_mu_; read by vCPU threads (holding run_mu_ or not running) and
   // under strategy_mu_ (Stats, PagingStrategyName, any thread).
@@ -400,8 +452,61 @@ absl::Status SoftVm::ApplyPendingSwitch() {
     old_listener = std::exchange(listener_, std::move(listener));
   }
   vm_counters_.Inc(SoftVmCounters::kStrategySwitches);
+  if (adaptive_) {
+    // The new strategy's counters start at zero: so does the next interval's
+    // base. A switch the controller did not decide (control command,
+    // schedule) is followed: shadow or nested, it judges from there with a
+    // fresh dwell; native pauses it until the VM is switched back.
+    absl::MutexLock lock(&adaptive_mu_);
+    adaptive_base_.clear();
+    adaptive_retired_ = 0;
+    const adaptive::Mode mode = name == "shadow" ? adaptive::Mode::kShadow : adaptive::Mode::kNested;
+    if (name != "native" && adaptive_->current() != mode) adaptive_->SetCurrent(mode);
+    const uint64_t current = name == "native" ? 0 : name == "shadow" ? 1 : 2;
+    adaptive_counters_.Add(SoftAdaptiveCounters::kCurrent,
+                           current - adaptive_counters_.Get(SoftAdaptiveCounters::kCurrent));
+  }
   for (SoftVcpu* v : vcpus) TRY(v->SwitchStrategy(strategy_.get()));
   return absl::OkStatus();
+}
+
+void SoftVm::OnRetired(uint64_t instructions) {
+  absl::MutexLock lock(&adaptive_mu_);
+  adaptive_retired_ += instructions;
+  if (adaptive_retired_ < options_.adaptive.interval) return;
+  adaptive_retired_ = 0;
+  // Holding run_mu() shared: the strategy does not change under us.
+  const std::string_view name = strategy_->name();
+  std::map<std::string, uint64_t, std::less<>> now;
+  for (const base::CounterValue& c : strategy_->Counters()) now[c.name] = c.value;
+  if (name == "native") {
+    adaptive_base_ = std::move(now);  // paused (a manual switch to native)
+    return;
+  }
+  costmodel::CostInputs deltas;
+  for (const auto& [counter, value] : now) {
+    auto it = adaptive_base_.find(counter);
+    deltas.counters[counter] = value - (it == adaptive_base_.end() ? 0 : it->second);
+  }
+  adaptive_base_ = std::move(now);
+  const adaptive::Mode before = adaptive_->current();
+  const adaptive::Mode next = adaptive_->OnInterval(deltas);
+  adaptive_counters_.Inc(SoftAdaptiveCounters::kIntervals);
+  VLOG(1) << "adaptive: interval " << adaptive_->intervals() << " on " << adaptive::ModeName(before)
+          << ": " << static_cast<uint64_t>(adaptive_->last().current) << " MMU cycles, the other "
+          << static_cast<uint64_t>(adaptive_->last().other) << " estimated";
+  if (next == before) return;
+  LOG(INFO) << "adaptive: " << adaptive::ModeName(before) << " -> " << adaptive::ModeName(next)
+            << " after interval " << adaptive_->intervals() << " (" << adaptive::ModeName(before)
+            << " " << static_cast<uint64_t>(adaptive_->last().current) << " MMU cycles, "
+            << adaptive::ModeName(next) << " estimated " << static_cast<uint64_t>(adaptive_->last().other)
+            << ")";
+  adaptive_counters_.Inc(SoftAdaptiveCounters::kSwitches);
+  adaptive_counters_.Inc(next == adaptive::Mode::kShadow ? SoftAdaptiveCounters::kToShadow
+                                                         : SoftAdaptiveCounters::kToNested);
+  // Served by ApplyPendingSwitch at the vCPU's next RunUntil (it kicks the
+  // vCPUs out of this one); the name is valid, so this cannot fail.
+  (void)SetPagingStrategy(adaptive::ModeName(next));
 }
 
 // ---------------------------------------------------------------------------
@@ -699,6 +804,7 @@ SoftVcpu::Turn SoftVcpu::RunUntil(uint64_t until, VcpuExit* exit) {
     const uint64_t to_timer = CyclesUntil(lapic_.NextTimerEvent());
     if (to_timer < budget) budget = to_timer;
     const cpu::RunResult r = interp_->Run(budget);
+    if (vm_->adaptive()) vm_->OnRetired(TakeRetired());
     switch (r.reason) {
       case cpu::StopReason::kBudget:
         break;
@@ -847,11 +953,12 @@ absl::StatusOr<std::unique_ptr<VcpuScheduler>> SoftVm::CreateScheduler(
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SoftHypervisor>> SoftHypervisor::Create(SoftOptions options) {
-  if (!IsPagingStrategy(options.paging)) {
+  if (!IsPagingMode(options.paging)) {
     return absl::InvalidArgumentError(absl::StrCat("soft: unknown paging strategy \"",
                                                    options.paging, "\" (available: ",
-                                                   kPagingStrategies, ")"));
+                                                   kPagingModes, ")"));
   }
+  if (options.paging == "adaptive") TRY(options.adaptive.Validate());
   if (options.cpu_khz < 1000 || options.cpu_khz > 100'000'000) {
     return absl::InvalidArgumentError("soft: cpu_khz must be between 1000 (1 MHz) and 100000000 (100 GHz)");
   }

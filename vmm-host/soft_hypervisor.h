@@ -24,6 +24,10 @@
 //   - Vm::SetPagingStrategy switches a running VM's strategy: the vCPU
 //     thread does it between two interpreter runs, every vCPU quiescent
 //     (docs/paging-strategies.md, "Switching strategies while the VM runs").
+//   - paging "adaptive" starts on nested and, every SoftOptions::adaptive.
+//     interval guest instructions, lets adaptive::Controller choose between
+//     shadow and nested from the interval's counters; a decision is a switch
+//     as above (docs/paging-strategies.md, "The adaptive mode").
 //
 // Thread safety: as hypervisor.h. SetIrqLine, Kick and SetPagingStrategy
 // from any thread.
@@ -35,6 +39,8 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "adaptive/controller.h"
+#include "costmodel/cost_model.h"
 #include "vmm-host/hypervisor.h"
 
 namespace vmm {
@@ -46,10 +52,21 @@ inline constexpr char kPagingStrategies[] = "native, shadow, nested";
 inline bool IsPagingStrategy(std::string_view name) {
   return name == "native" || name == "shadow" || name == "nested";
 }
+// What a VM can start with: a strategy, or "adaptive" (adaptive/: starts on
+// nested and switches between shadow and nested by itself).
+inline constexpr char kPagingModes[] = "native, shadow, nested, adaptive";
+inline bool IsPagingMode(std::string_view name) { return IsPagingStrategy(name) || name == "adaptive"; }
 
 struct SoftOptions {
-  // The paging strategy every VM of this hypervisor uses (IsPagingStrategy).
+  // The paging mode every VM of this hypervisor starts with (IsPagingMode).
   std::string paging = "native";
+  // paging == "adaptive": the decision's options (adaptive/controller.h) and
+  // the cost table it prices intervals with (null: the default table).
+  adaptive::Options adaptive = {};
+  std::shared_ptr<const costmodel::CostTable> costs = nullptr;
+  // Nested paging (and adaptive's nested periods): 2 MiB EPT entries where
+  // the backing allows (nested::NestedStrategy::Options::large_pages).
+  bool nested_large_pages = true;
   // The modelled CPU frequency: guest instructions per millisecond of guest
   // time. It is also the TSC frequency the guest is told.
   uint64_t cpu_khz = 1'000'000;

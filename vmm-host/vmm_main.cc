@@ -24,7 +24,20 @@
 ABSL_FLAG(std::string, config, "", "JSON run config describing the VMs (docs/vmm.md)");
 ABSL_FLAG(std::string, backend, "kvm",
           "execution backend: kvm (/dev/kvm) or soft (our interpreter; every access through --paging)");
-ABSL_FLAG(std::string, paging, "native", "soft backend paging strategy: native, shadow or nested");
+ABSL_FLAG(std::string, paging, "native",
+          "soft backend paging strategy: native, shadow, nested or adaptive (chooses shadow or "
+          "nested per interval; docs/paging-strategies.md)");
+ABSL_FLAG(uint64_t, adaptive_interval, adaptive::Options{}.interval,
+          "--paging=adaptive: guest instructions per decision interval");
+ABSL_FLAG(double, adaptive_margin, adaptive::Options{}.margin,
+          "--paging=adaptive: switch only when the other strategy is estimated cheaper by this "
+          "fraction, in [0, 1)");
+ABSL_FLAG(uint32_t, adaptive_streak, adaptive::Options{}.streak,
+          "--paging=adaptive: ... for this many consecutive intervals");
+ABSL_FLAG(uint32_t, adaptive_min_dwell, adaptive::Options{}.min_dwell,
+          "--paging=adaptive: intervals a strategy runs at least before the next switch");
+ABSL_FLAG(bool, nested_large_pages, true,
+          "soft backend, nested and adaptive: 2 MiB EPT entries where the backing allows");
 ABSL_FLAG(uint64_t, soft_cpu_khz, 1000000,
           "soft backend: modelled CPU frequency in kHz (one instruction per cycle)");
 ABSL_FLAG(uint64_t, soft_slice, 100000,
@@ -173,6 +186,11 @@ absl::StatusOr<vmm::RunConfig> BuildConfig() {
   if (all || Specified("soft_cpu_khz")) config.soft_cpu_khz = absl::GetFlag(FLAGS_soft_cpu_khz);
   if (all || Specified("soft_slice")) config.soft_slice = absl::GetFlag(FLAGS_soft_slice);
   if (all || Specified("shadow_audit")) config.shadow_audit = absl::GetFlag(FLAGS_shadow_audit);
+  if (all || Specified("adaptive_interval")) config.adaptive_interval = absl::GetFlag(FLAGS_adaptive_interval);
+  if (all || Specified("adaptive_margin")) config.adaptive_margin = absl::GetFlag(FLAGS_adaptive_margin);
+  if (all || Specified("adaptive_streak")) config.adaptive_streak = absl::GetFlag(FLAGS_adaptive_streak);
+  if (all || Specified("adaptive_min_dwell")) config.adaptive_min_dwell = absl::GetFlag(FLAGS_adaptive_min_dwell);
+  if (all || Specified("nested_large_pages")) config.nested_large_pages = absl::GetFlag(FLAGS_nested_large_pages);
   if (all || Specified("soft_hw_model")) config.soft_hw_model = absl::GetFlag(FLAGS_soft_hw_model);
   if (all || Specified("cost_model")) config.cost_model = absl::GetFlag(FLAGS_cost_model);
   if (all || Specified("control_socket")) config.control_socket = absl::GetFlag(FLAGS_control_socket);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
@@ -77,6 +78,9 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
       options.slice = config.soft_slice;
       options.shadow_audit = config.shadow_audit;
       options.hw_model_exact = config.soft_hw_model == "exact";
+      options.adaptive = AdaptiveOptions(config);
+      options.costs = std::make_shared<const costmodel::CostTable>(costs);  // adaptive prices with the run's table
+      options.nested_large_pages = config.nested_large_pages;
       ASSIGN_OR_RETURN(hypervisors[key], SoftHypervisor::Create(options));
     }
   }
