@@ -77,12 +77,35 @@ absl::StatusOr<std::unique_ptr<FramePool>> FramePool::Create(const Options& opti
   }
   // MAP_NORESERVE: the memfd is sparse and over-committed; the budget, not
   // the kernel's commit accounting, bounds what becomes resident.
-  void* base = mmap(nullptr, space_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  //
+  // The mapping starts on a 2 MiB boundary, as extents of 2 MiB multiples do
+  // inside it (AllocateExtent), so an aligned 2 MiB range of guest RAM is an
+  // aligned 2 MiB range of host memory: what a large EPT entry (nested
+  // paging) and a transparent huge page need. mmap alone gives no such
+  // alignment (where it lands depends on the process's other mappings), so
+  // reserve 2 MiB more than needed, place the memfd at the first aligned
+  // address inside the reservation and give back the slack.
+  const uint64_t reserve_bytes = space_bytes + kLargeAlignBytes;
+  void* reserved = mmap(nullptr, reserve_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (reserved == MAP_FAILED) {
+    const int err = errno;
+    close(fd);
+    return ErrnoError(err, absl::StrCat("mmap of the frame pool memfd (", FormatBytes(space_bytes),
+                                        "): reserving a 2 MiB-aligned range"));
+  }
+  const uintptr_t start = reinterpret_cast<uintptr_t>(reserved);
+  const uintptr_t aligned = (start + kLargeAlignBytes - 1) & ~uintptr_t{kLargeAlignBytes - 1};
+  void* base = mmap(reinterpret_cast<void*>(aligned), space_bytes, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_NORESERVE | MAP_FIXED, fd, 0);
   if (base == MAP_FAILED) {
     const int err = errno;
+    munmap(reserved, reserve_bytes);
     close(fd);
     return ErrnoError(err, absl::StrCat("mmap of the frame pool memfd (", FormatBytes(space_bytes), ")"));
   }
+  if (aligned > start) munmap(reserved, aligned - start);
+  const uintptr_t tail = aligned + space_bytes;
+  if (start + reserve_bytes > tail) munmap(reinterpret_cast<void*>(tail), start + reserve_bytes - tail);
   return std::unique_ptr<FramePool>(new FramePool(fd, static_cast<uint8_t*>(base),
                                                   options.budget_bytes >> kPageShift,
                                                   space_bytes >> kPageShift));
@@ -135,18 +158,30 @@ void FramePool::InsertFreeLocked(uint64_t first, uint64_t n) {
 absl::StatusOr<Extent> FramePool::AllocateExtent(uint64_t num_frames) {
   if (num_frames == 0) return absl::InvalidArgumentError("an extent must have at least one frame");
   absl::MutexLock lock(&mu_);
+  // An extent of at least 2 MiB starts on a 2 MiB boundary when a free run
+  // allows it (the first such run), so its 2 MiB-aligned guest ranges are
+  // aligned host ranges (see Create); otherwise, and for smaller extents, the
+  // first run that fits.
+  auto take = [&](std::map<uint64_t, uint64_t>::iterator it, uint64_t first) {
+    const uint64_t run_first = it->first, run_frames = it->second;
+    free_ranges_.erase(it);
+    if (first > run_first) free_ranges_.emplace(run_first, first - run_first);
+    const uint64_t end = first + num_frames, run_end = run_first + run_frames;
+    if (run_end > end) free_ranges_.emplace(end, run_end - end);
+    frames_free_address_space_ -= num_frames;
+    extents_.emplace(first, num_frames);
+    counters_.Inc(FramePoolCounters::kExtentsAllocated);
+    return Extent{Hfn(first), num_frames};
+  };
+  if (num_frames >= kLargeAlignFrames) {
+    for (auto it = free_ranges_.begin(); it != free_ranges_.end(); ++it) {
+      const uint64_t first = (it->first + kLargeAlignFrames - 1) & ~(kLargeAlignFrames - 1);
+      if (first + num_frames <= it->first + it->second) return take(it, first);
+    }
+  }
   uint64_t largest = 0;
   for (auto it = free_ranges_.begin(); it != free_ranges_.end(); ++it) {
-    if (it->second >= num_frames) {
-      const uint64_t first = it->first;
-      const uint64_t left = it->second - num_frames;
-      free_ranges_.erase(it);
-      if (left > 0) free_ranges_.emplace(first + num_frames, left);
-      frames_free_address_space_ -= num_frames;
-      extents_.emplace(first, num_frames);
-      counters_.Inc(FramePoolCounters::kExtentsAllocated);
-      return Extent{Hfn(first), num_frames};
-    }
+    if (it->second >= num_frames) return take(it, it->first);
     largest = std::max(largest, it->second);
   }
   counters_.Inc(FramePoolCounters::kExtentAllocFailures);

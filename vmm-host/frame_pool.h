@@ -85,6 +85,11 @@ std::string FormatBytes(uint64_t bytes);
 
 class FramePool {
  public:
+  // The mapping and every extent of at least this size start on such a
+  // boundary: a 2 MiB page (large EPT entries, transparent huge pages).
+  static constexpr uint64_t kLargeAlignBytes = uint64_t{2} << 20;
+  static constexpr uint64_t kLargeAlignFrames = kLargeAlignBytes >> base::kPageShift;
+
   struct Options {
     // The host budget: the most bytes of guest memory that may be backed at
     // once. A positive multiple of 4 KiB.

@@ -163,6 +163,32 @@ TEST(FramePoolExtents, FreedSpaceIsReusedFirstFitAndComesBackZero) {
   pool->FreeExtent(*all);
 }
 
+// Regression: the mapping landed wherever mmap put it, so whether guest RAM
+// got 2 MiB EPT entries depended on the process's other mappings (an ASan
+// build and a release build disagreed). The mapping and every extent of
+// 2 MiB or more now start on a 2 MiB boundary.
+TEST(FramePoolExtents, LargeExtentsStartOnTwoMiBBoundaries) {
+  constexpr uint64_t kAlign = FramePool::kLargeAlignFrames;
+  for (int round = 0; round < 4; ++round) {
+    auto pool = MakePool(16 * kMiB);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(pool->mapping_base()) % FramePool::kLargeAlignBytes, 0u);
+    auto small = *pool->AllocateExtent(3);  // the free space now starts unaligned
+    auto large = *pool->AllocateExtent(kAlign + 7);
+    EXPECT_EQ(large.first.value() % kAlign, 0u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(pool->HostPtr(large.first)) % FramePool::kLargeAlignBytes, 0u);
+    // The frames skipped for alignment stay free: an extent that fits them
+    // gets them, first fit.
+    auto gap = *pool->AllocateExtent(kAlign - 3);
+    EXPECT_EQ(gap.first.value(), 3u);
+    pool->FreeExtent(gap);
+    pool->FreeExtent(large);
+    pool->FreeExtent(small);
+    auto all = pool->AllocateExtent(16 * kMiB / kPageSize);
+    ASSERT_TRUE(all.ok()) << "everything merged back: " << all.status();
+    pool->FreeExtent(*all);
+  }
+}
+
 TEST(FramePoolExtents, NoRunLongEnoughFailsWithClearMessage) {
   auto pool = MakePool(kMiB);
   auto a = *pool->AllocateExtent(100);
