@@ -44,6 +44,10 @@ absl::Status Options::Validate() const {
         "cheaper), got ", margin));
   }
   if (streak == 0) return absl::InvalidArgumentError("adaptive_streak: must be at least 1 interval");
+  if (!(urgent_factor >= 1) || !std::isfinite(urgent_factor)) {
+    return absl::InvalidArgumentError(absl::StrCat("adaptive_urgent_factor: must be a finite number >= 1, got ",
+                                                   urgent_factor));
+  }
   if (!(prior_ept_cycles_per_walk >= 0) || !std::isfinite(prior_ept_cycles_per_walk)) {
     return absl::InvalidArgumentError("adaptive prior_ept_cycles_per_walk: must be a finite number >= 0");
   }
@@ -69,6 +73,13 @@ void Controller::SetCurrent(Mode mode) {
   dwell_ = 0;
   streak_ = 0;
   credit_ = 0;
+  nested_pages_ = 0;  // a new nested period starts with empty EPT tables
+}
+
+double Controller::switch_cost(Mode to) const {
+  const double learnt = switch_cost_[static_cast<int>(to)];
+  if (to != Mode::kShadow || !options_.rebuild_by_working_set) return learnt;
+  return std::max(learnt, nested_pages_ * costs_->cycles("shadow_page_fault"));
 }
 
 double Controller::UpdateProxy(uint64_t faults, uint64_t invlpg, uint64_t cr3, uint64_t flushes) const {
@@ -99,6 +110,8 @@ Estimate Controller::OnNested(const costmodel::CostInputs& d) {
                           static_cast<double>(d.Get("nested.hw.ntlb_hits")) * t.cycles("nested_tlb_hit") +
                           static_cast<double>(ept_pwc_hits) * t.cycles("pwc_hit");
   const double violations = static_cast<double>(m.Class("ept_violations"));
+  nested_pages_ += static_cast<double>(d.Get("nested.ept_installs")) +
+                   512.0 * static_cast<double>(d.Get("nested.ept_large_installs"));
   const uint64_t walks = d.Get("nested.hw.tlb_misses");
   if (walks >= kMinSamples) {
     const double sample = ept_walk / static_cast<double>(walks);
@@ -164,7 +177,10 @@ Mode Controller::OnInterval(const costmodel::CostInputs& deltas) {
     }
   }
   const Mode next = current_ == Mode::kNested ? Mode::kShadow : Mode::kNested;
-  if (streak_ >= options_.streak && dwell_ >= options_.min_dwell && credit_ >= switch_cost(next)) {
+  const double cost = switch_cost(next);
+  const bool settled = streak_ >= options_.streak && dwell_ >= options_.min_dwell && credit_ >= cost;
+  const bool urgent = streak_ > 0 && dwell_ > 1 && credit_ >= options_.urgent_factor * cost;
+  if (settled || urgent) {
     ++(next == Mode::kShadow ? to_shadow_ : to_nested_);
     SetCurrent(next);
   }

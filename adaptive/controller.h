@@ -25,14 +25,23 @@
 //   - switches when the other estimate is cheaper by `margin` for `streak`
 //     consecutive intervals, the savings those intervals show add up to at
 //     least the cost of switching (below), and the current strategy has run
-//     at least `min_dwell` intervals.
+//     at least `min_dwell` intervals;
+//   - or at once, streak and dwell waived, when the savings so far are
+//     `urgent_factor` times the cost of switching: the decision is not
+//     close (page-table churn that starts while on shadow costs tens of
+//     times what nested would; every interval spent on a streak is lost).
+//     Not in the first interval after a switch, which pays the rebuild.
 // A switch drops the strategy's tables and the new one rebuilds them: under
 // shadow one shadow fault per page in use, under nested one EPT violation
 // per 2 MiB (or 4 KiB) range. That cost is a prior until a switch measured
 // it: the cost of the first interval after a switch beyond what its events
 // explain (shadow: trapped cost beyond the corrected proxy; nested: its EPT
 // violations). The measure is only ever raised from the prior (a rebuild
-// that spans several intervals is under-counted by the first one).
+// that spans several intervals is under-counted by the first one). Going
+// to shadow costs at least a shadow fault per page that nested mapped
+// since it started (4 KiB EPT installs, 512 per 2 MiB one): a bound on the
+// working set shadow must fault in again, known before any switch, which
+// keeps a short TLB-miss phase over much memory on nested.
 //
 // Thread safety: none; one controller per VM, used by its vCPU thread.
 #pragma once
@@ -59,6 +68,9 @@ struct Options {
   // Intervals a strategy runs at least before the next switch (the first of
   // them pays the rebuild of its tables).
   uint32_t min_dwell = 8;
+  // Savings this many times the cost of switching switch at once (streak and
+  // dwell waived). At least 1.
+  double urgent_factor = 10;
   // The EPT share of one 2-D walk, in cycles, before any nested interval
   // measured it: a walk whose EPT lookups hit the nested TLB (5 translated
   // gpas) and one EPT leaf reference (a 4 KiB-mapped range), with the
@@ -70,6 +82,9 @@ struct Options {
   // working set of 9 MiB rebuilt; to nested: 100 EPT violations.
   double prior_switch_to_shadow_cycles = 8'000'000;
   double prior_switch_to_nested_cycles = 220'000;
+  // Price a switch to shadow at least at a shadow fault per page nested has
+  // mapped (above). Off only to test switching itself.
+  bool rebuild_by_working_set = true;
   // Intervals with fewer MMU cycles than this, under both estimates, are
   // counted but decide nothing (an idle guest's noise).
   double min_interval_cycles = 10'000;
@@ -109,7 +124,11 @@ class Controller {
   // The learnt figures (tests, docs).
   double ept_cycles_per_walk() const { return ept_per_walk_; }
   double shadow_correction() const { return correction_; }
-  double switch_cost(Mode to) const { return switch_cost_[static_cast<int>(to)]; }
+  // What switching to `to` is expected to cost now (the learnt or prior
+  // rebuild; to shadow, at least the pages nested has mapped).
+  double switch_cost(Mode to) const;
+  // Pages nested has mapped since it started (the working-set bound).
+  double nested_mapped_pages() const { return nested_pages_; }
 
  private:
   Estimate OnNested(const costmodel::CostInputs& d);
@@ -130,6 +149,7 @@ class Controller {
   double correction_ = 1;
   double switch_cost_[2];  // by Mode
   double credit_ = 0;      // the savings of the current streak
+  double nested_pages_ = 0;  // pages nested mapped since it started
   Estimate last_;
 };
 

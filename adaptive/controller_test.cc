@@ -70,14 +70,23 @@ TEST(ControllerTest, PageTableChurnStaysOnNested) {
   EXPECT_GT(c.last().other, 10 * c.last().current);
 }
 
-TEST(ControllerTest, PageTableChurnOnShadowGoesToNestedAfterTheDwell) {
+// Churn on shadow costs tens of times what nested would, and the switch to
+// nested is cheap: no streak or dwell is waited for, only the first
+// interval (which pays shadow's rebuild) is not judged alone.
+TEST(ControllerTest, PageTableChurnOnShadowGoesToNestedAtOnce) {
   const Options o;
   Controller c(o, Table(), Mode::kShadow);
-  for (uint32_t i = 1; i < o.min_dwell; ++i) EXPECT_EQ(c.OnInterval(ChurnOnShadow()), Mode::kShadow) << i;
+  EXPECT_EQ(c.OnInterval(ChurnOnShadow()), Mode::kShadow);
   EXPECT_EQ(c.OnInterval(ChurnOnShadow()), Mode::kNested);
   EXPECT_EQ(c.to_nested(), 1u);
   EXPECT_EQ(c.to_shadow(), 0u);
-  EXPECT_LT(c.last().other, c.last().current);
+  EXPECT_LT(o.urgent_factor * c.switch_cost(Mode::kNested), c.last().current - c.last().other);
+  // Without the urgent rule the dwell decides.
+  Controller patient({.urgent_factor = 1e12}, Table(), Mode::kShadow);
+  for (uint32_t i = 1; i < o.min_dwell; ++i) {
+    EXPECT_EQ(patient.OnInterval(ChurnOnShadow()), Mode::kShadow) << i;
+  }
+  EXPECT_EQ(patient.OnInterval(ChurnOnShadow()), Mode::kNested);
 }
 
 TEST(ControllerTest, TlbMissesWithoutTableUpdatesPickShadowWhereItIsCheaper) {
@@ -125,7 +134,7 @@ TEST(ControllerTest, AlternatingSignalsDoNotFlap) {
 }
 
 TEST(ControllerTest, TheMinimumDwellHolds) {
-  const Options o{.streak = 1, .min_dwell = 10};
+  const Options o{.streak = 1, .min_dwell = 10, .urgent_factor = 1e12};
   Controller c(o, Table());
   uint64_t switched_at = 0;
   for (uint64_t i = 1; i <= 10; ++i) {
@@ -175,6 +184,35 @@ TEST(ControllerTest, TheSwitchCostIsMeasuredAfterASwitch) {
   EXPECT_DOUBLE_EQ(c.switch_cost(Mode::kShadow), 10'000 * Table()->cycles("shadow_page_fault"));
 }
 
+// Going to shadow costs at least a shadow fault per page nested has mapped:
+// a TLB-miss phase over much memory must save that much first.
+TEST(ControllerTest, TheSwitchToShadowIsPricedByThePagesNestedMapped) {
+  const Options o{.streak = 1, .min_dwell = 1};
+  Controller c(o, Table());
+  costmodel::CostInputs wide = TlbMissesOnNested4k();
+  wide.counters["nested.ept_installs"] = 10'000;  // 40 MiB reached in the first interval
+  c.OnInterval(wide);
+  const double rebuild = 10'000 * Table()->cycles("shadow_page_fault");
+  EXPECT_DOUBLE_EQ(c.switch_cost(Mode::kShadow), rebuild);
+  EXPECT_GT(rebuild, o.prior_switch_to_shadow_cycles);
+  // Each interval saves 6.8 M cycles: it takes ceil(35 M / 6.8 M) = 6 of them.
+  int intervals = 1;
+  while (c.current() == Mode::kNested && intervals < 100) {
+    c.OnInterval(TlbMissesOnNested4k());
+    ++intervals;
+  }
+  EXPECT_EQ(c.current(), Mode::kShadow);
+  EXPECT_EQ(intervals, 6);
+  // 2 MiB EPT entries count 512 pages each.
+  Controller large(o, Table());
+  large.OnInterval(Deltas({{"nested.ept_large_installs", 4}}));
+  EXPECT_DOUBLE_EQ(large.nested_mapped_pages(), 2048);
+  // A new nested period starts from nothing.
+  large.SetCurrent(Mode::kShadow);
+  large.SetCurrent(Mode::kNested);
+  EXPECT_EQ(large.nested_mapped_pages(), 0);
+}
+
 TEST(ControllerTest, IdleIntervalsDecideNothing) {
   Controller c({.streak = 1, .min_dwell = 1}, Table());
   for (int i = 0; i < 50; ++i) EXPECT_EQ(c.OnInterval(Deltas({})), Mode::kNested);
@@ -194,7 +232,7 @@ TEST(ControllerTest, TheShadowCorrectionIsLearntFromShadowIntervals) {
                                 t.cycles("shadow_page_fault"));
   const uint64_t emulated = static_cast<uint64_t>((proxy - 5'000 * t.cycles("shadow_guest_fault")) /
                                                   t.cycles("emulated_pte_write"));
-  Controller d({.streak = 100, .min_dwell = 1}, Table(), Mode::kShadow);
+  Controller d({.streak = 100, .min_dwell = 1, .urgent_factor = 1e12}, Table(), Mode::kShadow);
   d.OnInterval(TlbMissesOnShadow());
   d.OnInterval(Deltas({{"shadow.pf_guest", 5'000}, {"shadow.emulated_writes", emulated}}));
   EXPECT_NEAR(d.shadow_correction(), 1.0, 1e-3);
@@ -215,6 +253,8 @@ TEST(OptionsTest, BadOptionsAreRefusedNamingTheOption) {
   EXPECT_NE(s.message().find("adaptive_interval"), std::string_view::npos) << s;
   s = Options{.streak = 0}.Validate();
   EXPECT_NE(s.message().find("adaptive_streak"), std::string_view::npos) << s;
+  s = Options{.urgent_factor = 0.5}.Validate();
+  EXPECT_NE(s.message().find("adaptive_urgent_factor"), std::string_view::npos) << s;
 }
 
 }  // namespace

@@ -6,8 +6,9 @@
 // checksums and counts the guest reports; on soft even elapsed_ns, which
 // counts instructions), or the bench fails.
 //
-//   paging_bench [--runs=3] [--strategies=native,shadow,nested,nested-4k,adaptive]
-//                [--workloads=ptchurn,memtouch4k,tlbstress,compute,mix]
+//   paging_bench [--runs=3]
+//                [--strategies=native,shadow,nested,nested-4k,adaptive,adaptive-4k]
+//                [--workloads=ptchurn,memtouch4k,tlbstress,compute,mix,phases]
 //                [--cost_model=overrides.json]
 //
 // Wall time is host seconds around vmm::RunVms, boot included (the same for
@@ -20,9 +21,17 @@
 //
 // Columns: a paging strategy (`--paging`), `nested-4k` (nested with 4 KiB
 // EPT entries only, run config nested_large_pages false: the setting the
-// literature's "shadow beats nested on TLB misses" is about), or `adaptive`
+// literature's "shadow beats nested on TLB misses" is about), `adaptive`
 // (starts on nested, chooses shadow or nested per interval; its counters
-// are both strategies' summed, and the switches it made are shown).
+// are both strategies' summed, and the switches it made are shown), or
+// `adaptive-4k` (adaptive whose nested periods use 4 KiB EPT entries).
+// The last table compares each adaptive column's modelled cycles with the
+// better of the two strategies it chooses between, in the same EPT setting.
+//
+// Rows: the workloads, and `phases`: mix run serially as ptchurn, tlbstress,
+// ptchurn, tlbstress with long phases, the shape adaptive paging is for
+// (table churn, where nested wins, then steady TLB misses over a mapped
+// working set, where shadow wins against 4 KiB EPT entries).
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,10 +57,10 @@
 #include "vmm-host/vmm_runner.h"
 
 ABSL_FLAG(int, runs, 3, "repetitions per cell (medians are printed)");
-ABSL_FLAG(std::string, strategies, "native,shadow,nested,nested-4k,adaptive",
-          "paging strategies (or nested-4k, adaptive), the first is the reference");
-ABSL_FLAG(std::string, workloads, "ptchurn,memtouch4k,tlbstress,compute,mix",
-          "rows: ptchurn, memtouch4k, tlbstress, compute, mix");
+ABSL_FLAG(std::string, strategies, "native,shadow,nested,nested-4k,adaptive,adaptive-4k",
+          "paging strategies (or nested-4k, adaptive, adaptive-4k), the first is the reference");
+ABSL_FLAG(std::string, workloads, "ptchurn,memtouch4k,tlbstress,compute,mix,phases",
+          "rows: ptchurn, memtouch4k, tlbstress, compute, mix, phases");
 ABSL_FLAG(std::string, cost_model, "", "JSON overrides of the cost model's table");
 
 namespace {
@@ -71,6 +80,10 @@ constexpr Case kCases[] = {
     {"tlbstress", "tlbstress", "tlbstress.mib=64 tlbstress.passes=128", 256},
     {"compute", "compute", "compute.iters=20000000", 128},
     {"mix", "mix", "", 128},
+    {"phases", "mix",
+     "mix.serial=1 mix.list=ptchurn,tlbstress,ptchurn,tlbstress ptchurn.iters=400 ptchurn.procs=1 "
+     "tlbstress.mib=16 tlbstress.passes=3000",
+     128},
 };
 
 // The counters the table shows, by strategy-independent meaning.
@@ -86,8 +99,16 @@ constexpr const char* kShownCounters[] = {
 // A column's short name in the wide tables.
 std::string Short(const std::string& column) {
   if (column == "nested-4k") return "n4k";
+  if (column == "adaptive-4k") return "a4k";
   return column.substr(0, 3);
 }
+
+// A column without its "-4k" (the paging mode it runs), and whether it keeps
+// 2 MiB EPT entries.
+std::string PagingOf(const std::string& column) {
+  return column.size() > 3 && column.ends_with("-4k") ? column.substr(0, column.size() - 3) : column;
+}
+bool LargeEptOf(const std::string& column) { return PagingOf(column) == column; }
 
 struct Sample {
   double wall = 0;
@@ -107,9 +128,9 @@ std::optional<Sample> Run(const std::filesystem::path& dir, const Case& c,
   vmm::VmConfig vm;
   vm.name = c.row;
   vm.backend = "soft";
-  // nested-4k: nested without 2 MiB EPT entries.
-  vm.paging = paging == "nested-4k" ? "nested" : paging;
-  config.nested_large_pages = paging != "nested-4k";
+  // nested-4k, adaptive-4k: without 2 MiB EPT entries.
+  vm.paging = PagingOf(paging);
+  config.nested_large_pages = LargeEptOf(paging);
   vm.workload = c.workload;
   vm.workload_args = c.args;
   vm.ram_bytes = uint64_t{c.memory_mib} << 20;
@@ -220,13 +241,13 @@ int main(int argc, char** argv) {
   }
   std::filesystem::remove_all(dir);
 
-  std::printf("%-11s %-9s %9s %7s %10s %14s %7s   %s\n", "workload", "paging", "wall s", "ratio",
+  std::printf("%-11s %-11s %9s %7s %10s %14s %7s   %s\n", "workload", "paging", "wall s", "ratio",
               "exits", "model Mcycles", "ratio", "results vs reference");
   for (size_t i = 0; i < cases.size(); ++i) {
     const double ref = Median(walls[i][0]);
     for (size_t s = 0; s < strategies.size(); ++s) {
       if (!errors[i][s].empty()) {
-        std::printf("%-11s %-9s failed: %s\n", cases[i]->row, strategies[s].c_str(),
+        std::printf("%-11s %-11s failed: %s\n", cases[i]->row, strategies[s].c_str(),
                     errors[i][s].c_str());
         continue;
       }
@@ -238,7 +259,7 @@ int main(int argc, char** argv) {
       }
       const double cycles = static_cast<double>(last[i][s].cycles.total);
       const double ref_cycles = static_cast<double>(last[i][0].cycles.total);
-      std::printf("%-11s %-9s %9.3f %7.3f %10s %14.2f %7.3f   %s\n", cases[i]->row,
+      std::printf("%-11s %-11s %9.3f %7.3f %10s %14.2f %7.3f   %s\n", cases[i]->row,
                   strategies[s].c_str(), w, w / ref, Count(last[i][s].counters, "exits").c_str(),
                   cycles / 1e6, ref_cycles > 0 ? cycles / ref_cycles : NAN, same.c_str());
     }
@@ -277,6 +298,33 @@ int main(int argc, char** argv) {
       }
     }
     std::printf("\n");
+  }
+  // Adaptive's goal: at or below the better of shadow and nested (the nested
+  // of the same EPT setting) on every row.
+  auto column = [&](const std::string& name) -> int {
+    auto it = std::find(strategies.begin(), strategies.end(), name);
+    return it == strategies.end() ? -1 : static_cast<int>(it - strategies.begin());
+  };
+  for (const char* adaptive : {"adaptive", "adaptive-4k"}) {
+    const int a = column(adaptive);
+    const int sh = column("shadow");
+    const int ne = column(LargeEptOf(adaptive) ? "nested" : "nested-4k");
+    if (a < 0 || sh < 0 || ne < 0) continue;
+    std::printf("\n%s against the better of shadow and %s (modelled cycles)\n", adaptive,
+                strategies[ne].c_str());
+    std::printf("%-11s %14s %14s %14s %9s %9s\n", "workload", "adaptive M", "shadow M",
+                strategies[ne].c_str(), "switches", "vs best");
+    for (size_t i = 0; i < cases.size(); ++i) {
+      if (!errors[i][a].empty() || !errors[i][sh].empty() || !errors[i][ne].empty()) continue;
+      const double ca = static_cast<double>(last[i][a].cycles.total);
+      const double cs = static_cast<double>(last[i][sh].cycles.total);
+      const double cn = static_cast<double>(last[i][ne].cycles.total);
+      const auto& c = last[i][a].counters;
+      const uint64_t switches = (c.contains("adaptive.to_shadow") ? c.at("adaptive.to_shadow") : 0) +
+                                (c.contains("adaptive.to_nested") ? c.at("adaptive.to_nested") : 0);
+      std::printf("%-11s %14.2f %14.2f %14.2f %9llu %9.3f\n", cases[i]->row, ca / 1e6, cs / 1e6,
+                  cn / 1e6, static_cast<unsigned long long>(switches), ca / std::min(cs, cn));
+    }
   }
   std::printf("\ntotal bench time %.1f s\n",
               std::chrono::duration<double>(Clock::now() - t0).count());

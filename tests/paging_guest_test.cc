@@ -359,7 +359,8 @@ TEST_F(PagingGuestTest, AdaptiveSwitchingOftenChangesNothing) {
   // this controller leaves it only once, near the end.
   options.nested_large_pages = false;
   options.adaptive = {.interval = 200'000, .margin = 0, .streak = 1, .min_dwell = 1,
-                      .prior_switch_to_shadow_cycles = 0, .prior_switch_to_nested_cycles = 0};
+                      .prior_switch_to_shadow_cycles = 0, .prior_switch_to_nested_cycles = 0,
+                      .rebuild_by_working_set = false};
   absl::StatusOr<std::unique_ptr<SoftHypervisor>> hv = SoftHypervisor::Create(options);
   ASSERT_TRUE(hv.ok()) << hv.status();
   options.adaptive.margin = -0.5;

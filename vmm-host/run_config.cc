@@ -189,6 +189,8 @@ absl::StatusOr<RunConfig> ParseRunConfig(std::string_view json_text) {
       config.adaptive_interval = v.get<uint64_t>();
     } else if (key == "adaptive_margin") {
       ASSIGN_OR_RETURN(config.adaptive_margin, NumberField(v, key));
+    } else if (key == "adaptive_urgent_factor") {
+      ASSIGN_OR_RETURN(config.adaptive_urgent_factor, NumberField(v, key));
     } else if (key == "adaptive_streak" || key == "adaptive_min_dwell") {
       if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 1'000'000) {
         return FieldError(key, "expected an integer in 0..1000000 (intervals)");
@@ -251,6 +253,7 @@ adaptive::Options AdaptiveOptions(const RunConfig& config) {
   o.margin = config.adaptive_margin;
   o.streak = config.adaptive_streak;
   o.min_dwell = config.adaptive_min_dwell;
+  o.urgent_factor = config.adaptive_urgent_factor;
   return o;
 }
 

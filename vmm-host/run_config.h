@@ -83,11 +83,13 @@ struct RunConfig {
   // paging "adaptive" (docs/paging-strategies.md, "The adaptive mode"):
   // guest instructions per interval, the fraction by which the other
   // strategy must be estimated cheaper, for how many consecutive intervals,
-  // and the intervals a strategy runs at least (adaptive::Options).
+  // the intervals a strategy runs at least, and the savings (in switch
+  // costs) that switch at once (adaptive::Options).
   uint64_t adaptive_interval = adaptive::Options{}.interval;
   double adaptive_margin = adaptive::Options{}.margin;
   uint32_t adaptive_streak = adaptive::Options{}.streak;
   uint32_t adaptive_min_dwell = adaptive::Options{}.min_dwell;
+  double adaptive_urgent_factor = adaptive::Options{}.urgent_factor;
   // Nested paging (and adaptive): 2 MiB EPT entries where the backing
   // allows; false maps every gfn with a 4 KiB EPT entry.
   bool nested_large_pages = true;

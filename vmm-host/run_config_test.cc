@@ -132,7 +132,7 @@ TEST(RunConfigTest, PagingScheduleParsesAndIsChecked) {
 
 TEST(RunConfigTest, AdaptivePagingParsesAndIsChecked) {
   absl::StatusOr<RunConfig> c = ParseRunConfig(R"({"adaptive_interval": 1000000, "adaptive_margin": 0.1,
-      "adaptive_streak": 2, "adaptive_min_dwell": 4, "nested_large_pages": false,
+      "adaptive_streak": 2, "adaptive_min_dwell": 4, "adaptive_urgent_factor": 20, "nested_large_pages": false,
       "vms": [{"backend": "soft", "paging": "adaptive"}]})");
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_TRUE(ValidateRunConfig(*c).ok()) << ValidateRunConfig(*c);
@@ -142,6 +142,7 @@ TEST(RunConfigTest, AdaptivePagingParsesAndIsChecked) {
   EXPECT_EQ(o.margin, 0.1);
   EXPECT_EQ(o.streak, 2u);
   EXPECT_EQ(o.min_dwell, 4u);
+  EXPECT_EQ(o.urgent_factor, 20);
   EXPECT_FALSE(c->nested_large_pages);
 
   auto error = [](const char* json) {
@@ -158,6 +159,9 @@ TEST(RunConfigTest, AdaptivePagingParsesAndIsChecked) {
             std::string::npos);
   EXPECT_NE(error(R"({"adaptive_streak": 0, "vms": [{"backend": "soft", "paging": "adaptive"}]})")
                 .find("adaptive_streak: must be at least 1"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"adaptive_urgent_factor": 0.5, "vms": [{"backend": "soft", "paging": "adaptive"}]})")
+                .find("adaptive_urgent_factor: must be a finite number >= 1"),
             std::string::npos);
   EXPECT_NE(error(R"({"adaptive_interval": 0, "vms": [{"backend": "soft"}]})")
                 .find("adaptive_interval: expected a positive integer"),

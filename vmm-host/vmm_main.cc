@@ -36,6 +36,9 @@ ABSL_FLAG(uint32_t, adaptive_streak, adaptive::Options{}.streak,
           "--paging=adaptive: ... for this many consecutive intervals");
 ABSL_FLAG(uint32_t, adaptive_min_dwell, adaptive::Options{}.min_dwell,
           "--paging=adaptive: intervals a strategy runs at least before the next switch");
+ABSL_FLAG(double, adaptive_urgent_factor, adaptive::Options{}.urgent_factor,
+          "--paging=adaptive: savings of this many times the cost of switching switch at once "
+          "(streak and dwell waived); at least 1");
 ABSL_FLAG(bool, nested_large_pages, true,
           "soft backend, nested and adaptive: 2 MiB EPT entries where the backing allows");
 ABSL_FLAG(uint64_t, soft_cpu_khz, 1000000,
@@ -190,6 +193,9 @@ absl::StatusOr<vmm::RunConfig> BuildConfig() {
   if (all || Specified("adaptive_margin")) config.adaptive_margin = absl::GetFlag(FLAGS_adaptive_margin);
   if (all || Specified("adaptive_streak")) config.adaptive_streak = absl::GetFlag(FLAGS_adaptive_streak);
   if (all || Specified("adaptive_min_dwell")) config.adaptive_min_dwell = absl::GetFlag(FLAGS_adaptive_min_dwell);
+  if (all || Specified("adaptive_urgent_factor")) {
+    config.adaptive_urgent_factor = absl::GetFlag(FLAGS_adaptive_urgent_factor);
+  }
   if (all || Specified("nested_large_pages")) config.nested_large_pages = absl::GetFlag(FLAGS_nested_large_pages);
   if (all || Specified("soft_hw_model")) config.soft_hw_model = absl::GetFlag(FLAGS_soft_hw_model);
   if (all || Specified("cost_model")) config.cost_model = absl::GetFlag(FLAGS_cost_model);
