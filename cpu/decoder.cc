@@ -8,6 +8,8 @@
 // codes (Eb/Ev, Gb/Gv, Ib/Iz/Iv).
 #include "cpu/decoder.h"
 
+#include <algorithm>
+
 #include <cstring>
 
 namespace cpu {
@@ -724,8 +726,10 @@ DecodeStatus Decode(const uint8_t* bytes, size_t available, DecodedInsn* out) no
 }
 
 DecodedBlock DecodeBlock(const uint8_t* page_bytes, uint32_t offset, DecodedInsn* out,
-                         size_t max_insns, bool through_jcc) noexcept {
+                         size_t max_insns, bool through_jcc, const uint16_t* follow,
+                         size_t num_follow) noexcept {
   DecodedBlock block;
+  block.end_offset = offset;
   uint32_t pos = offset;
   while (block.num_insns < max_insns) {
     if (pos >= kCodePageBytes) {
@@ -738,9 +742,11 @@ DecodedBlock DecodeBlock(const uint8_t* page_bytes, uint32_t offset, DecodedInsn
       block.end = BlockEnd::kCrossPage;
       return block;
     }
+    const uint32_t at = pos;
     ++block.num_insns;
     pos += insn->length;
-    block.num_bytes = pos - offset;
+    block.num_bytes += insn->length;
+    block.end_offset = pos;
     if (status != DecodeStatus::kOk) {
       block.end = BlockEnd::kInvalid;
       return block;
@@ -748,6 +754,18 @@ DecodedBlock DecodeBlock(const uint8_t* page_bytes, uint32_t offset, DecodedInsn
     if (EndsBlock(insn->op) && !(through_jcc && insn->op == Op::kJcc)) {
       block.end = BlockEnd::kEndsBlock;
       return block;
+    }
+    if (insn->op == Op::kJcc && num_follow > 0 && block.num_insns < 64 &&
+        block.num_insns < max_insns) {
+      // Follow only to a target on this page (the block stays one page's,
+      // so its page generation covers it) and only for a 32/64-bit operand
+      // size (a 16-bit Jcc truncates its target).
+      const int64_t target = static_cast<int64_t>(pos) + insn->imm;
+      const bool in_page = target >= 0 && target < static_cast<int64_t>(kCodePageBytes);
+      if (insn->operand_size != 2 && in_page && std::find(follow, follow + num_follow, at) != follow + num_follow) {
+        block.followed |= uint64_t{1} << (block.num_insns - 1);
+        pos = static_cast<uint32_t>(target);
+      }
     }
   }
   block.end = BlockEnd::kMaxInsns;

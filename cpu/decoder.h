@@ -60,7 +60,13 @@ enum class BlockEnd : uint8_t {
 
 struct DecodedBlock {
   uint32_t num_insns = 0;  // Entries written to `out`.
-  uint32_t num_bytes = 0;  // Bytes they cover, starting at `offset`.
+  uint32_t num_bytes = 0;  // The sum of their lengths.
+  // The page offset just past the last instruction: its fall-through
+  // address. offset + num_bytes unless a Jcc was followed.
+  uint32_t end_offset = 0;
+  // Bit i: out[i] is a Jcc whose taken path was followed (the next entry is
+  // its target); the block must be left when it is not taken.
+  uint64_t followed = 0;
   BlockEnd end = BlockEnd::kMaxInsns;
 };
 
@@ -73,8 +79,14 @@ struct DecodedBlock {
 // `through_jcc`: decode on past conditional branches along their fall-through
 // path (a superblock), so a loop whose early exits are rarely taken is one
 // block. The caller must then leave the block wherever a Jcc is taken.
+// `follow` (with through_jcc): page offsets of Jccs that are mostly taken;
+// decoding goes on at such a Jcc's target instead, when the target is on
+// this page, and `followed` marks it (the caller leaves the block wherever
+// it is not taken). A hot loop whose body branches forward then becomes one
+// block, unrolled up to max_insns.
 [[nodiscard]] DecodedBlock DecodeBlock(const uint8_t* page_bytes, uint32_t offset,
                                        DecodedInsn* out, size_t max_insns,
-                                       bool through_jcc = false) noexcept;
+                                       bool through_jcc = false, const uint16_t* follow = nullptr,
+                                       size_t num_follow = 0) noexcept;
 
 }  // namespace cpu

@@ -667,6 +667,39 @@ TEST(DecodeBlockTest, StopsAfterControlTransfer) {
   EXPECT_EQ(out[4].op, Op::kRet);
 }
 
+TEST(DecodeBlockTest, FollowsTheTakenPathOfNamedJccsOnThePage) {
+  std::vector<uint8_t> page(kCodePageBytes, 0xcc);
+  // jnz +2; nop; nop; inc eax; jz -8 (to offset 0, also followed); ret
+  const std::vector<uint8_t> code = Hex("75 02 90 90 ff c0 74 f8 c3");
+  std::memcpy(page.data() + 200, code.data(), code.size());
+  DecodedInsn out[64];
+  const DecodedBlock plain = DecodeBlock(page.data(), 200, out, 64, /*through_jcc=*/true);
+  EXPECT_EQ(plain.num_insns, 6U);
+  EXPECT_EQ(plain.followed, 0U);
+  EXPECT_EQ(plain.end_offset, 209U);
+  const uint16_t follow[] = {200};
+  const DecodedBlock b = DecodeBlock(page.data(), 200, out, 64, /*through_jcc=*/true, follow, 1);
+  ASSERT_EQ(b.num_insns, 4U);  // jnz, inc, jz, ret: the nops are skipped
+  EXPECT_EQ(b.followed, 1U);
+  EXPECT_EQ(out[1].op, Op::kInc);
+  EXPECT_EQ(b.end_offset, 209U);
+  EXPECT_EQ(b.num_bytes, 7U);
+  // A loop closed by a followed Jcc unrolls up to max_insns.
+  const uint16_t both[] = {200, 206};
+  const DecodedBlock loop = DecodeBlock(page.data(), 200, out, 9, true, both, 2);
+  EXPECT_EQ(loop.end, BlockEnd::kMaxInsns);
+  EXPECT_EQ(loop.num_insns, 9U);
+  EXPECT_EQ(loop.followed, 0b110'1101U);  // the last Jcc ends the block
+  EXPECT_EQ(out[8].op, Op::kJcc);
+  // A target off the page is not followed.
+  page[kCodePageBytes - 2] = 0x75;
+  page[kCodePageBytes - 1] = 0x10;
+  const uint16_t edge[] = {static_cast<uint16_t>(kCodePageBytes - 2)};
+  const DecodedBlock off = DecodeBlock(page.data(), kCodePageBytes - 2, out, 64, true, edge, 1);
+  EXPECT_EQ(off.followed, 0U);
+  EXPECT_EQ(off.end, BlockEnd::kPageEnd);
+}
+
 TEST(DecodeBlockTest, StopsAtMaxInsns) {
   std::vector<uint8_t> page(kCodePageBytes, 0x90);
   DecodedInsn out[8];

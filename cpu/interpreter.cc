@@ -301,8 +301,12 @@ Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
     vcpu_.tlb->FlushAll();
   }
   const uint32_t offset = static_cast<uint32_t>(key & base::kPageMask);
+  // The follow hints are the code's at this address: new code in the slot
+  // starts without them.
+  if (b.tag != key) b.num_follow = 0;
+  b.side_exits = 0;
   const DecodedBlock d = DecodeBlock(reinterpret_cast<const uint8_t*>(page_key), offset, b.insns,
-                                     kMaxBlockInsns, /*through_jcc=*/true);
+                                     kMaxBlockInsns, /*through_jcc=*/true, b.follow, b.num_follow);
   counters_.Inc(InterpreterCounters::kBlocksDecoded);
   if (d.num_insns == 0) {
     // The first instruction straddles the page end: the caller decodes it
@@ -315,15 +319,22 @@ Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
   b.generation = page.generation;
   b.num_insns = d.num_insns;
   b.links[0] = b.links[1] = Link{};
-  b.fallthrough_offset = 0;
+  b.fallthrough_offset = d.end_offset - offset;
+  b.followed = static_cast<uint32_t>(d.followed);
   const Op last = b.insns[d.num_insns - 1].op;
   b.exit = (last == Op::kCall || last == Op::kCallIndirect) ? Block::Exit::kCall
            : last == Op::kRet                                ? Block::Exit::kRet
                                                              : Block::Exit::kOther;
+  uint32_t at = offset;
   for (uint32_t i = 0; i < d.num_insns; ++i) {
+    b.insn_offsets[i] = static_cast<uint16_t>(at);
     b.handlers[i] = ResolveHandler(b.insns[i], specialised_handlers_);
-    if (b.insns[i].op == Op::kJcc && i + 1 < d.num_insns) b.handlers[i] = ResolveJccExit(b.insns[i]);
-    b.fallthrough_offset += b.insns[i].length;
+    const bool followed = (b.followed >> i) & 1;
+    if (b.insns[i].op == Op::kJcc && i + 1 < d.num_insns) {
+      b.handlers[i] = followed ? ResolveJccFollow(b.insns[i]) : ResolveJccExit(b.insns[i]);
+    }
+    at = followed ? static_cast<uint32_t>(static_cast<int64_t>(at + b.insns[i].length) + b.insns[i].imm)
+                  : at + b.insns[i].length;
   }
   return &b;
 }
@@ -1148,9 +1159,28 @@ inline Interpreter::Link* Interpreter::LinkSlot(Block* from, uint64_t from_start
   return &from->links[rip == from_start + from->fallthrough_offset ? 1 : 0];
 }
 
+bool Interpreter::NoteSideExit(Block* b, uint32_t index) noexcept {
+  if ((b->followed >> index) & 1) return false;  // a followed Jcc not taken: rare by choice
+  if (b->side_exit_insn != index) {
+    b->side_exit_insn = static_cast<uint8_t>(index);
+    b->side_exits = 0;
+  }
+  if (++b->side_exits < kHotSideExits || b->num_follow == kMaxFollow) return false;
+  // Decode the block again at its next lookup (a generation no page ever
+  // has), now following this Jcc; links into it must look it up again.
+  b->follow[b->num_follow++] = b->insn_offsets[index];
+  b->generation = ~uint64_t{0};
+  counters_.Inc(InterpreterCounters::kFollowedJccs);
+  BreakChains();
+  return true;
+}
+
 Interpreter::Flow Interpreter::ChainOrReturn(const DecodedInsn* last, Flow leave) noexcept {
   exit_at_ = last;
   Block* b = cur_block_;
+  if (leave == Flow::kDirty && b != nullptr && NoteSideExit(b, static_cast<uint32_t>(last - b->insns))) {
+    return leave;
+  }
   if (b == nullptr || chain_credits_ == 0 || interrupt_check_) return leave;
   // How the block was left: a taken branch out of a superblock is a plain
   // jump; otherwise by its last instruction, unless the budget cut it short.
@@ -1286,6 +1316,29 @@ Interpreter::Flow Interpreter::JccExitThunk(Interpreter* self, const DecodedInsn
     self->branch_exit_ = true;
   }
   return Flow::kNext;
+}
+
+template <unsigned kCond>
+Interpreter::Flow Interpreter::JccFollowThunk(Interpreter* self, const DecodedInsn& in) noexcept {
+  if (EvalConditionT<kCond>(self->state_.flags)) {
+    self->next_rip_ = in.BranchTarget(self->state_.rip);  // on into the target, decoded next
+  } else {
+    // next_rip_ is already the fall-through, outside this block.
+    self->block_dirty_ = true;
+    self->branch_exit_ = true;
+  }
+  return Flow::kNext;
+}
+
+Interpreter::Handler Interpreter::ResolveJccFollow(const DecodedInsn& in) noexcept {
+  static constexpr Handler kJccFollow[16] = {
+      &Threaded<&JccFollowThunk<0>>,  &Threaded<&JccFollowThunk<1>>,  &Threaded<&JccFollowThunk<2>>,
+      &Threaded<&JccFollowThunk<3>>,  &Threaded<&JccFollowThunk<4>>,  &Threaded<&JccFollowThunk<5>>,
+      &Threaded<&JccFollowThunk<6>>,  &Threaded<&JccFollowThunk<7>>,  &Threaded<&JccFollowThunk<8>>,
+      &Threaded<&JccFollowThunk<9>>,  &Threaded<&JccFollowThunk<10>>, &Threaded<&JccFollowThunk<11>>,
+      &Threaded<&JccFollowThunk<12>>, &Threaded<&JccFollowThunk<13>>, &Threaded<&JccFollowThunk<14>>,
+      &Threaded<&JccFollowThunk<15>>};
+  return kJccFollow[in.cond & 15];
 }
 
 Interpreter::Handler Interpreter::ResolveJccExit(const DecodedInsn& in) noexcept {

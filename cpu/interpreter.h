@@ -70,6 +70,7 @@ namespace cpu {
 #define CPU_INTERPRETER_COUNTERS(X)                                                \
   X(Instructions, instructions)                                                   \
   X(BlocksDecoded, blocks_decoded)                                                \
+  X(FollowedJccs, followed_jccs)      /* hot side exits made followed (re-decodes) */ \
   X(BlockCacheHits, block_cache_hits)                                             \
   X(BlockCacheMisses, block_cache_misses)                                         \
   X(CrossPageInsns, cross_page_insns) /* decoded singly across a page end */      \
@@ -180,6 +181,10 @@ class Interpreter {
   // Direct-mapped block cache geometry: 1024 blocks of at most 32
   // instructions (1 KiB each), 1 MiB per vCPU, allocated once.
   static constexpr uint32_t kMaxBlockInsns = 32;
+  // Followed Jccs per block, and the taken side exits in a row that make a
+  // Jcc followed.
+  static constexpr uint32_t kMaxFollow = 4;
+  static constexpr uint16_t kHotSideExits = 64;
   static constexpr uint32_t kNumBlocks = 1024;
 
   // None of the pointers are owned; all must outlive the interpreter. The
@@ -278,6 +283,16 @@ class Interpreter {
     // the block (its fall-through link leads to the return point), a near
     // RET pops it.
     enum class Exit : uint8_t { kOther, kCall, kRet } exit = Exit::kOther;
+    // Hot side exits (see NoteSideExit): Jccs inside the block that are
+    // mostly taken are followed when the block is decoded again. `follow`
+    // holds their page offsets; it survives re-decodes of the same code
+    // address and is cleared when the slot gets other code.
+    uint8_t num_follow = 0;
+    uint16_t follow[kMaxFollow] = {};
+    uint32_t followed = 0;          // bit i: insns[i] is a followed Jcc
+    uint8_t side_exit_insn = 0;     // the Jcc the last side exits left by
+    uint16_t side_exits = 0;        // how many times in a row
+    uint16_t insn_offsets[kMaxBlockInsns] = {};  // page offset of each instruction
     DecodedInsn insns[kMaxBlockInsns];
     Handler handlers[kMaxBlockInsns];  // resolved at decode; threaded (see Threaded)
   };
@@ -317,6 +332,17 @@ class Interpreter {
   // A Jcc inside a superblock: when taken it leaves the block.
   template <unsigned kCond>
   [[gnu::always_inline]] static inline Flow JccExitThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  // A followed Jcc inside a superblock (the next instruction is its
+  // target): when not taken it leaves the block.
+  template <unsigned kCond>
+  [[gnu::always_inline]] static inline Flow JccFollowThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  static Handler ResolveJccFollow(const DecodedInsn& in) noexcept;
+  // A side exit of block `b` after insns[index] (a taken, or not-taken
+  // followed, Jcc inside it). A Jcc that is taken kHotSideExits times in a
+  // row is made followed: the block is marked for a new decode, which its
+  // next lookup does. Returns true when it did so (the caller must not chain
+  // on: the chains were broken).
+  bool NoteSideExit(Block* b, uint32_t index) noexcept;
   // MOV and the two-operand ALU ops, specialised on where their operands
   // are (register, immediate, memory), so the hottest handlers carry no
   // operand-kind switches.

@@ -16,6 +16,7 @@
 #define DECLARE_PROGRAM(name) extern "C" const uint8_t name[], name##_end[];
 DECLARE_PROGRAM(prog_fib)
 DECLARE_PROGRAM(prog_xorshift)
+DECLARE_PROGRAM(prog_follow)
 DECLARE_PROGRAM(prog_mem)
 DECLARE_PROGRAM(prog_fact)
 DECLARE_PROGRAM(prog_rep)
@@ -73,6 +74,35 @@ TEST_F(InterpreterTest, BudgetStopsAndResumes) {
   EXPECT_EQ(r.reason, StopReason::kHalt);
   EXPECT_EQ(total, 3u + 1000 * 13 + 1);
   EXPECT_EQ(state_.instructions, total);
+}
+
+// A Jcc inside a superblock that is taken on nearly every round is
+// followed after kHotSideExits exits: the block is decoded again on through
+// the branch target, and the rare not-taken path leaves it. Every round
+// still computes what the host computes, whether the budget cuts the run
+// anywhere or not.
+TEST_F(InterpreterTest, HotForwardBranchIsFollowedAndStaysExact) {
+  uint64_t want = 0;
+  for (uint64_t c = 0; c < 5000; ++c) {
+    want += c;
+    if ((c & 0xff) == 0) want = (want + 1000) * 3;
+    want = (want << 3) | (want >> 61);
+  }
+  Load(prog_follow, prog_follow_end);
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], want);
+  EXPECT_GE(Counter("followed_jccs"), 1u);
+  const uint64_t whole_run_blocks = Counter("block_cache_hits");
+
+  Load(prog_follow, prog_follow_end);
+  RunResult r;
+  do {
+    r = interp_->Run(5);
+  } while (r.reason == StopReason::kBudget);
+  EXPECT_EQ(r.reason, StopReason::kHalt);
+  EXPECT_EQ(state_.gpr[kRax], want);
+  // 8 instructions a round; a followed block runs 32 of them at a time.
+  EXPECT_LT(whole_run_blocks, 5000u * 8 / 16);
 }
 
 TEST_F(InterpreterTest, LoadsStoresAndRipRelative) {

@@ -45,6 +45,24 @@ PROGRAM(prog_xorshift)
         hlt
 END(prog_xorshift)
 
+// A loop whose forward branch is taken on all but every 256th round (the
+// skipped path changes the sum), then ends on its loop branch: the hot
+// forward branch becomes a followed Jcc; rax = the sum after 5000 rounds.
+PROGRAM(prog_follow)
+        xor eax, eax
+        xor ecx, ecx
+1:      add rax, rcx
+        test cl, 0xff
+        jnz 2f
+        add rax, 1000
+        imul rax, rax, 3
+2:      rol rax, 3
+        inc ecx
+        cmp ecx, 5000
+        jb 1b
+        hlt
+END(prog_follow)
+
 // Loads and stores; rdi = a writable data buffer.
 PROGRAM(prog_mem)
         mov qword ptr [rdi], 0x1234
