@@ -1,6 +1,7 @@
 #include "cpu/interpreter.h"
 
 #include <array>
+#include <bit>
 #include <cstring>
 #include <thread>
 #include <utility>
@@ -36,11 +37,13 @@ uint64_t SignExtendDyn(uint64_t v, unsigned size) noexcept {
 }
 
 
-size_t BlockIndex(uint64_t rip) noexcept {
+size_t BlockSet(uint64_t rip) noexcept {
   // Fibonacci hashing of the guest rip, not of the host address (the tag):
   // which blocks collide then depends only on the guest, so the cache's
   // counters are the same in every run (host frames differ between runs).
-  return static_cast<size_t>((rip * 0x9E3779B97F4A7C15ull) >> 54) & (Interpreter::kNumBlocks - 1);
+  constexpr uint32_t kSets = Interpreter::kNumBlocks / Interpreter::kBlockWays;
+  static_assert((kSets & (kSets - 1)) == 0 && kSets >= 2);
+  return static_cast<size_t>((rip * 0x9E3779B97F4A7C15ull) >> (64 - std::countr_zero(kSets)));
 }
 
 }  // namespace
@@ -53,6 +56,7 @@ Interpreter::Interpreter(CpuState* state, mmu::VcpuMmu* vcpu, mmu::PagingStrateg
       strategy_(strategy),
       platform_(platform),
       blocks_(new Block[kNumBlocks]),
+      block_mru_(new uint8_t[kNumBlocks / kBlockWays]()),
       seen_flush_generation_(strategy->flush_generation()) {
   static_assert((kNumBlocks & (kNumBlocks - 1)) == 0);
 }
@@ -282,12 +286,25 @@ uint8_t* Interpreter::TranslateFetch(uint64_t gva) noexcept {
 
 Interpreter::Block* Interpreter::LookupBlock(uint8_t* host, uint64_t rip) noexcept {
   const uintptr_t key = reinterpret_cast<uintptr_t>(host);
-  Block& b = blocks_[BlockIndex(rip)];
-  if (b.tag == key && b.generation == b.page->generation) [[likely]] {
-    ++local_block_hits_;
-    return &b;
+  const size_t set = BlockSet(rip);
+  Block* const ways = &blocks_[set * kBlockWays];
+  for (uint8_t w = 0; w < kBlockWays; ++w) {
+    Block& b = ways[w];
+    if (b.tag == key && b.generation == b.page->generation) [[likely]] {
+      block_mru_[set] = w;
+      ++local_block_hits_;
+      return &b;
+    }
   }
-  return DecodeInto(b, key);
+  // The same code with a stale generation is decoded again where it is (it
+  // keeps its follow hints); new code replaces the way not used last.
+  static_assert(kBlockWays == 2, "the replacement below picks the other of two ways");
+  uint8_t w = static_cast<uint8_t>(1 - block_mru_[set]);
+  for (uint8_t i = 0; i < kBlockWays; ++i) {
+    if (ways[i].tag == key) w = i;
+  }
+  block_mru_[set] = w;
+  return DecodeInto(ways[w], key);
 }
 
 Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {

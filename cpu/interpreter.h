@@ -178,14 +178,18 @@ struct RunResult {
 
 class Interpreter {
  public:
-  // Direct-mapped block cache geometry: 1024 blocks of at most 32
-  // instructions (1 KiB each), 1 MiB per vCPU, allocated once.
+  // Block cache geometry: 1024 blocks of at most 32 instructions (about
+  // 1.4 KiB each with their handlers), 2-way set-associative (512 sets:
+  // two hot blocks whose rips share a set no longer evict each other on
+  // every turn, as the guest kernel's fault entry and exit did in ptchurn),
+  // allocated once.
   static constexpr uint32_t kMaxBlockInsns = 32;
   // Followed Jccs per block, and the taken side exits in a row that make a
   // Jcc followed.
   static constexpr uint32_t kMaxFollow = 4;
   static constexpr uint16_t kHotSideExits = 64;
   static constexpr uint32_t kNumBlocks = 1024;
+  static constexpr uint32_t kBlockWays = 2;
 
   // None of the pointers are owned; all must outlive the interpreter. The
   // vCPU must already be attached to `strategy`. `platform` may be null
@@ -540,6 +544,8 @@ class Interpreter {
   bool io_read_pending_ = false;  // the last Run() stopped on a read exit
 
   std::unique_ptr<Block[]> blocks_;
+  // Per set: the way used last (the other one is replaced on a miss).
+  std::unique_ptr<uint8_t[]> block_mru_;
   uint64_t chain_epoch_ = 1;
   // Return-address stack of blocks that ended in a CALL (a ring: overflow
   // forgets the oldest; a wrong guess only costs a normal lookup, since

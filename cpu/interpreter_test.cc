@@ -4,6 +4,7 @@
 #include "cpu/interpreter.h"
 
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -103,6 +104,36 @@ TEST_F(InterpreterTest, HotForwardBranchIsFollowedAndStaysExact) {
   EXPECT_EQ(state_.gpr[kRax], want);
   // 8 instructions a round; a followed block runs 32 of them at a time.
   EXPECT_LT(whole_run_blocks, 5000u * 8 / 16);
+}
+
+// Regression: the block cache was direct-mapped, and two hot blocks whose
+// rips hashed to one slot (the guest kernel's fault entry and exit in
+// ptchurn) evicted each other on every turn: a decode every 300
+// instructions. Two blocks of one set now both stay.
+TEST_F(InterpreterTest, TwoHotBlocksOfOneCacheSetBothStay) {
+  // The cache's set of a rip (interpreter.cc, BlockSet).
+  constexpr uint64_t kSets = Interpreter::kNumBlocks / Interpreter::kBlockWays;
+  auto set_of = [](uint64_t rip) { return (rip * 0x9E3779B97F4A7C15ull) >> (64 - std::countr_zero(kSets)); };
+  const uint64_t a = kCode;
+  uint64_t b = a + 64;
+  while (set_of(b) != set_of(a)) ++b;
+  ASSERT_LT(b, kData);
+  // a: dec ecx; jz +5 (to the hlt); jmp b; hlt     b: jmp a
+  auto rel32 = [](uint64_t from_next, uint64_t to) {
+    const uint32_t r = static_cast<uint32_t>(to - from_next);
+    return std::array<uint8_t, 4>{static_cast<uint8_t>(r), static_cast<uint8_t>(r >> 8),
+                                  static_cast<uint8_t>(r >> 16), static_cast<uint8_t>(r >> 24)};
+  };
+  const auto to_b = rel32(a + 9, b);
+  const uint8_t code_a[] = {0xff, 0xc9, 0x74, 0x05, 0xe9, to_b[0], to_b[1], to_b[2], to_b[3], 0xf4};
+  const auto to_a = rel32(b + 5, a);
+  const uint8_t code_b[] = {0xe9, to_a[0], to_a[1], to_a[2], to_a[3]};
+  Load(code_b, code_b + sizeof(code_b), b);
+  Load(code_a, code_a + sizeof(code_a), a);
+  state_.gpr[kRcx] = 1000;
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRcx], 0u);
+  EXPECT_LE(Counter("blocks_decoded"), 4u);
 }
 
 TEST_F(InterpreterTest, LoadsStoresAndRipRelative) {
