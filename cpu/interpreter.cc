@@ -348,7 +348,7 @@ Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
     b.handlers[i] = ResolveHandler(b.insns[i], specialised_handlers_);
     const bool followed = (b.followed >> i) & 1;
     if (b.insns[i].op == Op::kJcc && i + 1 < d.num_insns) {
-      b.handlers[i] = followed ? ResolveJccFollow(b.insns[i]) : ResolveJccExit(b.insns[i]);
+      b.handlers[i] = ResolveJccSide(b.insns[i], followed);
     }
     at = followed ? static_cast<uint32_t>(static_cast<int64_t>(at + b.insns[i].length) + b.insns[i].imm)
                   : at + b.insns[i].length;
@@ -1325,48 +1325,29 @@ Interpreter::Flow Interpreter::FormThunk(Interpreter* self, const DecodedInsn& i
   }
 }
 
-template <unsigned kCond>
-Interpreter::Flow Interpreter::JccExitThunk(Interpreter* self, const DecodedInsn& in) noexcept {
-  if (EvalConditionT<kCond>(self->state_.flags)) {
-    self->next_rip_ = in.BranchTarget(self->state_.rip);
+template <bool kFollowed, unsigned kCond>
+Interpreter::Flow Interpreter::JccSideThunk(Interpreter* self, const DecodedInsn& in) noexcept {
+  const bool taken = EvalConditionT<kCond>(self->state_.flags);
+  if (taken) self->next_rip_ = in.BranchTarget(self->state_.rip);
+  // Leave the block where the branch goes off its decoded path: taken for a
+  // plain side exit, not taken for a followed one (next_rip_ is then
+  // already the fall-through, outside the block).
+  if (taken != kFollowed) {
     self->block_dirty_ = true;
     self->branch_exit_ = true;
   }
   return Flow::kNext;
 }
 
-template <unsigned kCond>
-Interpreter::Flow Interpreter::JccFollowThunk(Interpreter* self, const DecodedInsn& in) noexcept {
-  if (EvalConditionT<kCond>(self->state_.flags)) {
-    self->next_rip_ = in.BranchTarget(self->state_.rip);  // on into the target, decoded next
-  } else {
-    // next_rip_ is already the fall-through, outside this block.
-    self->block_dirty_ = true;
-    self->branch_exit_ = true;
-  }
-  return Flow::kNext;
+template <bool kFollowed, size_t... kConds>
+constexpr std::array<Interpreter::Handler, 16> Interpreter::JccSideRow(std::index_sequence<kConds...>) noexcept {
+  return {&Threaded<&JccSideThunk<kFollowed, kConds>>...};
 }
 
-Interpreter::Handler Interpreter::ResolveJccFollow(const DecodedInsn& in) noexcept {
-  static constexpr Handler kJccFollow[16] = {
-      &Threaded<&JccFollowThunk<0>>,  &Threaded<&JccFollowThunk<1>>,  &Threaded<&JccFollowThunk<2>>,
-      &Threaded<&JccFollowThunk<3>>,  &Threaded<&JccFollowThunk<4>>,  &Threaded<&JccFollowThunk<5>>,
-      &Threaded<&JccFollowThunk<6>>,  &Threaded<&JccFollowThunk<7>>,  &Threaded<&JccFollowThunk<8>>,
-      &Threaded<&JccFollowThunk<9>>,  &Threaded<&JccFollowThunk<10>>, &Threaded<&JccFollowThunk<11>>,
-      &Threaded<&JccFollowThunk<12>>, &Threaded<&JccFollowThunk<13>>, &Threaded<&JccFollowThunk<14>>,
-      &Threaded<&JccFollowThunk<15>>};
-  return kJccFollow[in.cond & 15];
-}
-
-Interpreter::Handler Interpreter::ResolveJccExit(const DecodedInsn& in) noexcept {
-  static constexpr Handler kJccExit[16] = {
-      &Threaded<&JccExitThunk<0>>,  &Threaded<&JccExitThunk<1>>,  &Threaded<&JccExitThunk<2>>,
-      &Threaded<&JccExitThunk<3>>,  &Threaded<&JccExitThunk<4>>,  &Threaded<&JccExitThunk<5>>,
-      &Threaded<&JccExitThunk<6>>,  &Threaded<&JccExitThunk<7>>,  &Threaded<&JccExitThunk<8>>,
-      &Threaded<&JccExitThunk<9>>,  &Threaded<&JccExitThunk<10>>, &Threaded<&JccExitThunk<11>>,
-      &Threaded<&JccExitThunk<12>>, &Threaded<&JccExitThunk<13>>, &Threaded<&JccExitThunk<14>>,
-      &Threaded<&JccExitThunk<15>>};
-  return kJccExit[in.cond & 15];
+Interpreter::Handler Interpreter::ResolveJccSide(const DecodedInsn& in, bool followed) noexcept {
+  static constexpr std::array<Handler, 16> kExit = JccSideRow<false>(std::make_index_sequence<16>());
+  static constexpr std::array<Handler, 16> kFollow = JccSideRow<true>(std::make_index_sequence<16>());
+  return (followed ? kFollow : kExit)[in.cond & 15];
 }
 
 Interpreter::Handler Interpreter::ResolveFormHandler(const DecodedInsn& in) noexcept {

@@ -333,14 +333,13 @@ class Interpreter {
   }
   template <unsigned kCond>
   [[gnu::always_inline]] static inline Flow JccThunk(Interpreter* self, const DecodedInsn& in) noexcept;
-  // A Jcc inside a superblock: when taken it leaves the block.
-  template <unsigned kCond>
-  [[gnu::always_inline]] static inline Flow JccExitThunk(Interpreter* self, const DecodedInsn& in) noexcept;
-  // A followed Jcc inside a superblock (the next instruction is its
-  // target): when not taken it leaves the block.
-  template <unsigned kCond>
-  [[gnu::always_inline]] static inline Flow JccFollowThunk(Interpreter* self, const DecodedInsn& in) noexcept;
-  static Handler ResolveJccFollow(const DecodedInsn& in) noexcept;
+  // A Jcc inside a superblock: when taken it leaves the block; a followed
+  // one (the next instruction is its target) leaves it when not taken.
+  template <bool kFollowed, unsigned kCond>
+  [[gnu::always_inline]] static inline Flow JccSideThunk(Interpreter* self, const DecodedInsn& in) noexcept;
+  template <bool kFollowed, size_t... kConds>
+  static constexpr std::array<Handler, 16> JccSideRow(std::index_sequence<kConds...>) noexcept;
+  static Handler ResolveJccSide(const DecodedInsn& in, bool followed) noexcept;
   // A side exit of block `b` after insns[index] (a taken, or not-taken
   // followed, Jcc inside it). A Jcc that is taken kHotSideExits times in a
   // row is made followed: the block is marked for a new decode, which its
@@ -358,7 +357,6 @@ class Interpreter {
   template <int kDst, int kSrc, bool kSigned, bool kFromMem>
   [[gnu::always_inline]] static inline Flow ExtendThunk(Interpreter* self, const DecodedInsn& in) noexcept;
   static Handler ResolveExtendHandler(const DecodedInsn& in) noexcept;
-  static Handler ResolveJccExit(const DecodedInsn& in) noexcept;
   template <int kSize, Op kOp>
   [[gnu::always_inline]] static inline Flow Thunk(Interpreter* self, const DecodedInsn& in) noexcept;
   template <int kSize, size_t... kOps>
