@@ -424,6 +424,18 @@ bool Interpreter::AfterStop(uint64_t* retired) noexcept {
   return true;
 }
 
+void Interpreter::SyncWithStrategy() noexcept {
+  // Apply posted soft-TLB flushes; a moved generation may mean host frames
+  // were reused, so decoded blocks keyed by host address (and the links to
+  // them) go too.
+  strategy_->SyncInvalidations(vcpu_);
+  const uint64_t gen = strategy_->flush_generation();
+  if (gen != seen_flush_generation_) [[unlikely]] {
+    seen_flush_generation_ = gen;
+    FlushDecodeCache();
+  }
+}
+
 RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
   RunResult result;
   stop_ = StopReason::kBudget;
@@ -433,6 +445,9 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
   const uint64_t start_count = state_.instructions;
   bool stopped = false;
 
+  // Before anything runs, the re-executed I/O read included: frames may
+  // have been invalidated while the vCPU was out of Run.
+  SyncWithStrategy();
   if (io_read_pending_) {
     // The instruction that stopped on an I/O read runs again, alone and
     // before any interrupt, seeing the values CompleteIoRead() supplied.
@@ -448,19 +463,14 @@ RunResult Interpreter::Run(uint64_t max_instructions) noexcept {
   Block* prev = nullptr;
   uint64_t prev_start = 0;
   Block::Exit prev_exit = Block::Exit::kOther;  // how prev was left
-  BreakChains();  // the state may have changed since the last Run
+  // Links stay valid across Run() calls: whatever changes a translation or
+  // decoded code from outside (SyncPagingRegisters, set_strategy, a moved
+  // flush generation below) moves the epoch itself.
   while (!stopped && retired < max_instructions) {
     // The TSC (RDTSC) reads state_.instructions: keep it current at block
     // granularity.
     state_.instructions = start_count + retired;
-    // Apply posted soft-TLB flushes; a moved generation may mean host frames
-    // were reused, so decoded blocks keyed by host address go too.
-    strategy_->SyncInvalidations(vcpu_);
-    const uint64_t gen = strategy_->flush_generation();
-    if (gen != seen_flush_generation_) [[unlikely]] {
-      seen_flush_generation_ = gen;
-      FlushDecodeCache();
-    }
+    SyncWithStrategy();
     // Interrupts are taken at block boundaries, which are instruction
     // boundaries: a pending interrupt waits at most one block.
     if (interrupt_check_) [[unlikely]] {

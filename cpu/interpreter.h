@@ -262,7 +262,8 @@ class Interpreter {
   // code-generation bump moves it too, so a link never leads to stale code).
   // The epoch moves on whatever may change the rip -> host translation:
   // MOV CR3, INVLPG, paging-mode changes (CR0, CR4, EFER), host
-  // invalidations of guest frames, and every Run() entry. CPL changes
+  // invalidations of guest frames (a moved flush generation; checked at
+  // Run() entry too, so links live across Run() calls). CPL changes
   // (SYSCALL, IRET, event delivery) need not: a link only serves its own
   // CPL. TLB fills and evictions need not either: a dropped entry is still
   // the translation in force, and a guest that edits a code mapping must
@@ -370,6 +371,10 @@ class Interpreter {
   Block* DecodeInto(Block& b, uintptr_t key) noexcept;
   // Everything linked so far is stale (see Link).
   void BreakChains() noexcept { ++chain_epoch_; }
+  // The strategy's posted invalidations: the soft TLB, and the decode cache
+  // when the flush generation moved. Run() calls it at entry and at every
+  // block boundary it returns to.
+  inline void SyncWithStrategy() noexcept;
   bool FetchAndDecodeCrossPage(DecodedInsn* out) noexcept;
   uint8_t* TranslateFetch(uint64_t gva) noexcept;
 
