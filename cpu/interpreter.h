@@ -55,9 +55,9 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
-#include <unordered_map>
 #include <utility>
 
+#include "absl/container/node_hash_map.h"
 #include "base/counters.h"
 #include "cpu/cpu_state.h"
 #include "cpu/decoder.h"
@@ -560,7 +560,8 @@ class Interpreter {
   static constexpr unsigned kReturnStack = 16;
   ReturnEntry return_stack_[kReturnStack];
   unsigned return_top_ = 0;
-  std::unordered_map<uintptr_t, PageInfo> pages_;
+  // Code pages by host address; node-based: blocks keep PageInfo pointers.
+  absl::node_hash_map<uintptr_t, PageInfo> pages_;
   uint64_t seen_flush_generation_ = 0;
   uint32_t unimplemented_logged_ = 0;
   uint64_t local_block_hits_ = 0;  // folded into counters_ at the end of Run
