@@ -9,7 +9,6 @@
 #include "cpu/decoder.h"
 
 #include <algorithm>
-
 #include <cstring>
 
 namespace cpu {

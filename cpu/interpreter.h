@@ -9,7 +9,7 @@
 // Execution model (docs/cpu.md, "How a vCPU will run"):
 //   - Fetch: the code page's host address comes from SoftTlb::Lookup<kFetch>
 //     (miss: PagingStrategy::Translate with Access::kFetch).
-//   - Decode once: a direct-mapped block cache, indexed by the guest rip and
+//   - Decode once: a 2-way set-associative block cache, indexed by the guest rip and
 //     tagged with the host address of the block's first instruction (so
 //     aliases and remaps are told apart, and which blocks collide does not
 //     depend on host addresses), holds up to kMaxBlockInsns DecodedInsns
@@ -296,7 +296,7 @@ class Interpreter {
     uint16_t follow[kMaxFollow] = {};
     uint32_t followed = 0;          // bit i: insns[i] is a followed Jcc
     uint8_t side_exit_insn = 0;     // the Jcc the last side exits left by
-    uint16_t side_exits = 0;        // how many times in a row
+    uint16_t side_exits = 0;        // how many side exits in a row it took
     uint16_t insn_offsets[kMaxBlockInsns] = {};  // page offset of each instruction
     DecodedInsn insns[kMaxBlockInsns];
     Handler handlers[kMaxBlockInsns];  // resolved at decode; threaded (see Threaded)
@@ -342,9 +342,10 @@ class Interpreter {
   static constexpr std::array<Handler, 16> JccSideRow(std::index_sequence<kConds...>) noexcept;
   static Handler ResolveJccSide(const DecodedInsn& in, bool followed) noexcept;
   // A side exit of block `b` after insns[index] (a taken, or not-taken
-  // followed, Jcc inside it). A Jcc that is taken kHotSideExits times in a
-  // row is made followed: the block is marked for a new decode, which its
-  // next lookup does. Returns true when it did so (the caller must not chain
+  // followed, Jcc inside it). A Jcc that takes kHotSideExits side exits of
+  // the block in a row (runs to the block's end in between do not count) is
+  // made followed: the block is marked for a new decode, which its next
+  // lookup does. Returns true when it did so (the caller must not chain
   // on: the chains were broken).
   bool NoteSideExit(Block* b, uint32_t index) noexcept;
   // MOV and the two-operand ALU ops, specialised on where their operands
