@@ -1,5 +1,6 @@
 #include "cpu/interpreter.h"
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstring>
@@ -1090,6 +1091,10 @@ Interpreter::Flow Interpreter::StringOp(const DecodedInsn& in) noexcept {
   if (in.segment == Segment::kGs) seg_base = state_.seg[kGs].base;
   for (;;) {
     if (rep && state_.ReadReg(kRegRcx, as) == 0) return Flow::kNext;
+    if (rep && step > 0 && as == 8 && (in.op == Op::kStos || in.op == Op::kMovs)) {
+      // The run of iterations that stays inside the current page(s) at once.
+      if (const uint64_t done = RepRunInPage<kSize>(in.op, seg_base); done != 0) continue;
+    }
     const uint64_t rsi = state_.ReadReg(6, as);
     const uint64_t rdi = state_.ReadReg(7, as);
     uint64_t v = 0, w = 0;
@@ -1139,6 +1144,51 @@ Interpreter::Flow Interpreter::StringOp(const DecodedInsn& in) noexcept {
   }
 }
 
+
+// A forward 64-bit REP STOS/MOVS, as many iterations as fit in the pages
+// rDI (and rSI) are in, done on host memory in one go. Only soft TLB hits
+// qualify, so this is what the element loop would do: a page with decoded
+// code never has a writable entry (the SMC rule) and MMIO is never filled,
+// so those, and every miss, take the element loop, one access at a time.
+// Returns the iterations done (0: none; the caller runs one element).
+template <int kSize>
+uint64_t Interpreter::RepRunInPage(Op op, uint64_t seg_base) noexcept {
+  const uint64_t count = state_.gpr[kRegRcx];
+  const uint64_t rdi = state_.gpr[7];
+  const uint64_t to_page_end = base::kPageSize - (rdi & base::kPageMask);
+  uint64_t n = std::min(count, to_page_end / kSize);
+  if (op == Op::kMovs) {
+    const uint64_t src = seg_base + state_.gpr[6];
+    n = std::min(n, (base::kPageSize - (src & base::kPageMask)) / kSize);
+    if (n < 2) return 0;
+    const uint64_t bytes = n * kSize;
+    const uint8_t* s = tlb_->Lookup<mmu::Access::kRead>(MmuIndex(), src, static_cast<uint32_t>(bytes));
+    uint8_t* d = tlb_->Lookup<mmu::Access::kWrite>(MmuIndex(), rdi, static_cast<uint32_t>(bytes));
+    if (s == nullptr || d == nullptr) return 0;
+    if (d > s && d < s + bytes) {
+      // Forward copying into an overlap repeats the source pattern.
+      for (uint64_t i = 0; i < n; ++i) StoreHost(d + i * kSize, kSize, LoadHost(s + i * kSize, kSize));
+    } else {
+      std::memmove(d, s, bytes);
+    }
+    state_.gpr[6] += bytes;
+  } else {
+    if (n < 2) return 0;
+    const uint64_t bytes = n * kSize;
+    uint8_t* d = tlb_->Lookup<mmu::Access::kWrite>(MmuIndex(), rdi, static_cast<uint32_t>(bytes));
+    if (d == nullptr) return 0;
+    const uint64_t v = state_.gpr[kRegRax];
+    if (kSize == 1 || v == 0) {
+      std::memset(d, static_cast<int>(v & 0xff), bytes);
+    } else {
+      for (uint64_t i = 0; i < n; ++i) StoreHost(d + i * kSize, kSize, v);
+    }
+  }
+  state_.gpr[7] += n * kSize;
+  state_.gpr[kRegRcx] = count - n;
+  counters_.Inc(InterpreterCounters::kRepPageRuns);
+  return n;
+}
 
 // Dispatch: one handler per (operand size, op), each a copy of ExecuteOp with
 // both constant, so every branch inside a handler is specific to one

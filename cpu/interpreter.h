@@ -74,6 +74,7 @@ namespace cpu {
   X(BlockCacheHits, block_cache_hits)                                             \
   X(BlockCacheMisses, block_cache_misses)                                         \
   X(CrossPageInsns, cross_page_insns) /* decoded singly across a page end */      \
+  X(RepPageRuns, rep_page_runs)       /* REP STOS/MOVS runs done a page at once */ \
   X(TlbMisses, tlb_misses)            /* Translate calls */                       \
   X(TranslateRetries, translate_retries) /* kRetry/kSpurious answers retried */   \
   X(Ud, ud)                           /* #UD raised, UD2 included */              \
@@ -366,6 +367,8 @@ class Interpreter {
       std::index_sequence<kOps...>) noexcept;
   template <int kSize>
   Flow StringOp(const DecodedInsn& in) noexcept;
+  template <int kSize>
+  uint64_t RepRunInPage(Op op, uint64_t seg_base) noexcept;
 
   // Fetch and decode.
   Block* LookupBlock(uint8_t* host, uint64_t rip) noexcept;

@@ -175,6 +175,13 @@ class Hypervisor {
   // True where `syscall` from CPL3 does not reach the guest kernel (PVM); the
   // guest is then told to use its trap-based entry.
   virtual bool needs_trap_syscall_entry() const = 0;
+  // True where the guest kernel zeroing or copying a frame itself costs far
+  // more than one port exit (PVM emulates kernel code: a `rep stosq` page is
+  // about 250 us, an exit about 10 us; docs/platform.md). The guest is then
+  // told that the pv-mem doorbell exists (guest::kBootFlagPvMem). Elsewhere
+  // (VT-x, and the soft CPU, which does a page of REP STOS/MOVS at once) the
+  // exit is the dearer way.
+  virtual bool pv_mem_pays_off() const = 0;
   virtual absl::StatusOr<std::unique_ptr<Vm>> CreateVm(const VmSetup& setup) = 0;
 };
 

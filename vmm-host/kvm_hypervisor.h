@@ -32,6 +32,7 @@ class KvmHypervisor final : public Hypervisor {
   std::string_view name() const override { return "kvm"; }
   std::string paging_mode() const override { return paging_mode_; }
   bool needs_trap_syscall_entry() const override { return is_pvm_; }
+  bool pv_mem_pays_off() const override { return is_pvm_; }
   absl::StatusOr<std::unique_ptr<Vm>> CreateVm(const VmSetup& setup) override;
 
   int fd() const { return kvm_fd_; }

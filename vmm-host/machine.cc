@@ -152,7 +152,8 @@ absl::Status Machine::Init() {
                                   absl::Hex(base), ":", gsi);
   }
 
-  // Boot: our VMM hands out zeroed RAM and implements the pv-mem doorbell.
+  // Boot: our VMM hands out zeroed RAM. The pv-mem doorbell is always on the
+  // bus, but the guest is told about it only where it pays off.
   const bool trap_entry = env_.hypervisor->needs_trap_syscall_entry();
   // The device entries go before the user's extra words, which stay last.
   VmConfig with_devices = config_;
@@ -163,7 +164,8 @@ absl::Status Machine::Init() {
   cmdline_ = GuestCommandLine(with_devices, trap_entry);
   BootOptions boot;
   boot.cmdline = cmdline_;
-  boot.flags = guest::kBootFlagRamZeroed | guest::kBootFlagPvMem |
+  boot.flags = guest::kBootFlagRamZeroed |
+               (env_.hypervisor->pv_mem_pays_off() ? guest::kBootFlagPvMem : 0) |
                (trap_entry ? guest::kBootFlagTrapEntry : 0);
   boot.tsc_khz = vm_->TscKhz();
   ASSIGN_OR_RETURN(LongModeEntry entry, SetUpBoot(*env_.image, layout, boot, *memory_));

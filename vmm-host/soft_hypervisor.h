@@ -100,6 +100,7 @@ class SoftHypervisor final : public Hypervisor {
   std::string_view name() const override { return "soft"; }
   std::string paging_mode() const override { return "soft/" + options_.paging; }
   bool needs_trap_syscall_entry() const override { return false; }
+  bool pv_mem_pays_off() const override { return false; }
   // `setup.memory` is required: the strategy reads guest RAM through it.
   absl::StatusOr<std::unique_ptr<Vm>> CreateVm(const VmSetup& setup) override;
 
