@@ -157,6 +157,13 @@ Interpreter::Flow Interpreter::Unimplemented(const DecodedInsn& in) noexcept {
 
 mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
                                                   uint8_t** host_page, uint64_t* gpa) noexcept {
+  // A global page that only a CR3 write flushed comes back without the
+  // strategy: nothing about it changed (SoftTlb, "Global pages").
+  if (uint8_t* p = vcpu_.tlb->RefillGlobal(MmuIndex(), gva, access)) {
+    *host_page = p - (gva & base::kPageMask);
+    *gpa = 0;  // only kMmio answers need it
+    return TranslateResult::kFixed;
+  }
   counters_.Inc(InterpreterCounters::kTlbMisses);
   mmu::AccessRequest req;
   req.va = gva;
@@ -179,11 +186,7 @@ mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
       // The SMC rule: a page with decoded code never gets a writable TLB entry.
       if (out.filled && out.perms.write) {
         auto it = pages_.find(reinterpret_cast<uintptr_t>(out.host_page));
-        if (it != pages_.end() && it->second.has_code) {
-          mmu::SoftTlb::Perms p = out.perms;
-          p.write = false;
-          vcpu_.tlb->Fill(out.mmu_idx, gva, out.host_page, p, out.page_size_bytes);
-        }
+        if (it != pages_.end() && it->second.has_code) vcpu_.tlb->DropWrite(out.mmu_idx, gva);
       }
     } else if (r == TranslateResult::kMmio) {
       *gpa = out.gpa;

@@ -198,7 +198,7 @@ TranslateResult NativeStrategy::TranslateOnce(VcpuMmu& vcpu, const AccessRequest
   out->perms = perms;
   out->page_size_bytes = page_size_bytes;
   if (fill) {
-    vcpu.tlb->Fill(idx, req.va, page, perms, page_size_bytes);
+    vcpu.tlb->Fill(idx, req.va, page, perms, page_size_bytes, vcpu.paging && r.global);
     vcpu.RecordFill(req.va, idx);
     out->filled = true;
     c.Inc(NativeVcpuCounters::kTlbFills);

@@ -654,6 +654,68 @@ TEST_F(SystemTest, Cr3WriteFlushesTranslations) {
   EXPECT_EQ(Counter("cr3_writes"), 1u);
 }
 
+// With CR4.PGE, a global translation (G in the leaf) outlives MOV to CR3, as
+// on hardware: the soft TLB refills it without a walk. INVLPG drops it, and
+// without PGE the G bit means nothing.
+class GlobalPagesTest : public SystemTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(GlobalPagesTest, Cr3WriteKeepsGlobalTranslationsUntilInvlpg) {
+  const bool pge = GetParam();
+  if (pge) {
+    state_.cr4 |= uint64_t{1} << 7;
+    interp_->SyncPagingRegisters();
+  }
+  CHECK(tables_.Map(kData, kData, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
+  Poke64(kData, 0xaaaa);
+  Poke64(kData2, 0xbbbb);
+  Code({0x48, 0x8b, 0x07,   // mov rax, [rdi]
+        0x0f, 0x20, 0xdb,   // mov rbx, cr3
+        0x0f, 0x22, 0xdb,   // mov cr3, rbx
+        0x48, 0x8b, 0x0f,   // mov rcx, [rdi]
+        0x0f, 0x01, 0x3f,   // invlpg [rdi]
+        0x48, 0x8b, 0x17,   // mov rdx, [rdi]
+        0xf4});             // hlt
+  state_.gpr[kRdi] = kData;
+  ASSERT_EQ(interp_->Run(1).reason, StopReason::kBudget);  // the first load fills the TLB
+  // Point kData's page at kData2's frame behind the CPU's back (no INVLPG).
+  CHECK(tables_.Map(kData, kData2, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], 0xaaaau);
+  EXPECT_EQ(state_.gpr[kRcx], pge ? 0xaaaau : 0xbbbbu)
+      << (pge ? "a global translation survives the CR3 write" : "G means nothing without CR4.PGE");
+  EXPECT_EQ(state_.gpr[kRdx], 0xbbbbu) << "INVLPG removes global translations too";
+  EXPECT_EQ(tlb_.counters().Get(mmu::SoftTlbCounters::kGlobalRefill), pge ? 1u : 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Pge, GlobalPagesTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& param) {
+                           return param.param ? "PgeOn" : "PgeOff";
+                         });
+
+TEST_F(SystemTest, TogglingPgeDropsGlobalTranslations) {
+  state_.cr4 |= uint64_t{1} << 7;
+  interp_->SyncPagingRegisters();
+  CHECK(tables_.Map(kData, kData, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
+  Poke64(kData, 0xaaaa);
+  Poke64(kData2, 0xbbbb);
+  Code({0x48, 0x8b, 0x07,                     // mov rax, [rdi]
+        0x0f, 0x20, 0xe3,                     // mov rbx, cr4
+        0x48, 0x81, 0xf3, 0x80, 0, 0, 0,      // xor rbx, 0x80
+        0x0f, 0x22, 0xe3,                     // mov cr4, rbx: PGE off
+        0x48, 0x81, 0xf3, 0x80, 0, 0, 0,      // xor rbx, 0x80
+        0x0f, 0x22, 0xe3,                     // mov cr4, rbx: PGE on
+        0x0f, 0x20, 0xd8,                     // mov rax, cr3 (rax is reloaded below)
+        0x0f, 0x22, 0xd8,                     // mov cr3, rax
+        0x48, 0x8b, 0x0f,                     // mov rcx, [rdi]
+        0xf4});                               // hlt
+  state_.gpr[kRdi] = kData;
+  ASSERT_EQ(interp_->Run(1).reason, StopReason::kBudget);
+  CHECK(tables_.Map(kData, kData2, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRcx], 0xbbbbu) << "the PGE toggle flushed the global translation";
+  EXPECT_EQ(tlb_.counters().Get(mmu::SoftTlbCounters::kGlobalRefill), 0u);
+}
+
 TEST_F(SystemTest, Cr0AndCr4RejectWhatLongModeCannotHave) {
   const uint64_t cr0 = state_.cr0;
   state_.gpr[kRax] = cr0 & ~(uint64_t{1} << 31);

@@ -221,9 +221,9 @@ class HwPagingModelSet {
   // A guest TLB event on `vcpu`: its soft TLB and its model react alike
   // (every strategy's OnCr3Write, OnModeChange, OnInvlpg and OnTlbFlush end
   // with one of these). The soft TLB has no PCID tags: a CR3 write flushes
-  // it whole, while the model keeps its global entries as hardware does.
+  // every non-global entry of it; both keep global entries as hardware does.
   void Cr3Write(VcpuMmu& vcpu) noexcept {
-    vcpu.tlb->FlushAll();
+    vcpu.tlb->FlushNonGlobal();
     if (HwPagingModel* hw = At(vcpu.index)) hw->OnCr3Write();
   }
   void FlushAll(VcpuMmu& vcpu) noexcept {
@@ -235,7 +235,11 @@ class HwPagingModelSet {
     if (HwPagingModel* hw = At(vcpu.index)) hw->OnInvlpg(gva);
   }
   void Flush(VcpuMmu& vcpu, TlbFlush scope) noexcept {
-    vcpu.tlb->FlushAll();
+    if (scope == TlbFlush::kAll) {
+      vcpu.tlb->FlushAll();
+    } else {
+      vcpu.tlb->FlushNonGlobal();
+    }
     if (HwPagingModel* hw = At(vcpu.index)) {
       if (scope == TlbFlush::kAll) {
         hw->OnFlushAll();

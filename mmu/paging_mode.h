@@ -43,6 +43,7 @@ struct PagingMode {
   bool smep = false;       // CR4.SMEP
   bool smap = false;       // CR4.SMAP
   bool pke = false;        // CR4.PKE (protection keys for user-mode pages)
+  bool pge = false;        // CR4.PGE (global pages)
   bool gbpages = true;     // CPUID.80000001H:EDX.Page1GB[bit 26]
   int maxphyaddr = 46;     // CPUID.80000008H:EAX[7:0]
   uint32_t pkru = 0;       // PKRU, used only when pke
@@ -57,6 +58,7 @@ struct PagingMode {
     m.smep = cr4 & (uint64_t{1} << 20);
     m.smap = cr4 & (uint64_t{1} << 21);
     m.pke = cr4 & (uint64_t{1} << 22);
+    m.pge = cr4 & (uint64_t{1} << 7);
     m.gbpages = gbpages;
     m.maxphyaddr = maxphyaddr;
     m.pkru = pkru;

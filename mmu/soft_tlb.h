@@ -51,6 +51,17 @@
 // that range flushes the whole MMU index, because INVLPG of any address in a
 // large page must remove every piece of it (SDM §4.10.4.1).
 //
+// Global pages (SDM §4.10.2.4). A translation the strategy fills as global
+// (G = 1 in the leaf, with CR4.PGE = 1) also goes into a side table of
+// kGlobalEntries per MMU index, which FlushNonGlobal (MOV to CR3) leaves
+// alone while it empties the main tables. The hit path does not change:
+// after a CR3 write such a page misses once, and the miss path's first step,
+// RefillGlobal, copies it back from the side table without asking the
+// strategy (no walk). Every other flush (FlushAll, FlushMmuIdx, FlushPage,
+// and so host invalidations, INVLPG and CR4.PGE toggles) empties the side
+// table too. A guest kernel maps itself global, so its pages stay translated
+// across process switches, as on hardware.
+//
 // Thread safety: none. A SoftTlb belongs to one vCPU and is used only from
 // that vCPU's thread; invalidations requested by other threads (FrameTable
 // hooks, remote TLB shootdowns) are delivered to the vCPU thread, which calls
@@ -77,6 +88,8 @@ namespace mmu {
   X(FlushPageLarge, flush_page_large)                             \
   X(FlushMmuIdx, flush_mmu_idx)                                   \
   X(FlushAll, flush_all)                                          \
+  X(FlushNonGlobal, flush_non_global) /* MOV to CR3: globals stay */ \
+  X(GlobalRefill, global_refill)  /* misses served by the side table */ \
   /* Real clears of a table when its epoch wrapped. */            \
   X(EpochWrap, epoch_wrap)
 BASE_DEFINE_COUNTERS(SoftTlbCounters, MMU_SOFT_TLB_COUNTERS);
@@ -109,6 +122,9 @@ class SoftTlb {
   };
 
   static constexpr uint64_t kInvalidTag = ~uint64_t{0};
+  // Side-table entries per MMU index for global pages (direct-mapped): a
+  // guest kernel's hot pages, not all it maps.
+  static constexpr uint32_t kGlobalEntries = 1024;
   // Epochs run 0..kMaxEpoch; kMaxEpoch < 0xfff keeps every valid tag distinct
   // from kInvalidTag even for the page at the very top of the address space.
   static constexpr uint64_t kMaxEpoch = base::kPageMask - 1;
@@ -139,8 +155,21 @@ class SoftTlb {
   // strategy allows without a trap. page_size_bytes is the size of the guest
   // mapping (4 KiB, 2 MiB or 1 GiB), recorded for FlushPage. Replaces what
   // the slot held.
+  // `global`: the translation is global (see "Global pages"); a non-global
+  // fill of a page drops any global copy of it.
   void Fill(MmuIdx mmu_idx, uint64_t gva, uint8_t* host_page, Perms perms,
-            uint64_t page_size_bytes = base::kPageSize) noexcept;
+            uint64_t page_size_bytes = base::kPageSize, bool global = false) noexcept;
+
+  // The miss path's first step: when the page of `gva` is a global
+  // translation that only FlushNonGlobal removed, installs it in the main
+  // table again and returns the host pointer of `gva` for `access`. nullptr:
+  // no such translation, or it does not allow `access` (ask the strategy).
+  uint8_t* RefillGlobal(MmuIdx mmu_idx, uint64_t gva, Access access) noexcept;
+
+  // Takes write permission away from the page of `gva` at `mmu_idx`, in the
+  // main table and the global side table (a page that now holds decoded
+  // code).
+  void DropWrite(MmuIdx mmu_idx, uint64_t gva) noexcept;
 
   // Removes the page containing `gva` from every MMU index (INVLPG, a guest
   // PTE change seen by the strategy, FrameTable invalidation). If the address
@@ -150,6 +179,8 @@ class SoftTlb {
   void FlushMmuIdx(MmuIdx mmu_idx) noexcept;
   // Removes every entry. O(1) (epoch).
   void FlushAll() noexcept;
+  // Removes every entry except global ones (MOV to CR3). O(1) (epoch).
+  void FlushNonGlobal() noexcept;
 
   uint32_t num_entries() const { return index_mask_ + 1; }
   const SoftTlbCounters& counters() const { return counters_; }
@@ -166,6 +197,9 @@ class SoftTlb {
 
   struct Table {
     Entry* entries = nullptr;
+    // Per entry of the side table of global pages: the size of the guest
+    // mapping, to track large pages in `entries` again on a refill.
+    uint64_t* page_sizes = nullptr;
     uint64_t epoch = 0;
     // The aligned range covering every large page filled since the last
     // flush of this index: gva is in it when (gva & large_mask) == large_base.
@@ -174,12 +208,20 @@ class SoftTlb {
     uint64_t large_mask = 0;
   };
 
-  void ClearTable(Table& table) noexcept;
-  void FlushTable(Table& table) noexcept;
+  void ClearTable(Table& table, uint64_t mask) noexcept;
+  void FlushTable(Table& table, uint64_t mask) noexcept;
+  static void Install(Table& t, uint64_t index, uint64_t gva, uintptr_t addend, Perms perms,
+                      uint64_t page_size_bytes) noexcept;
+  // Clears the entry of the page of `gva`; *in_large: it lies in the range
+  // of large pages the table tracks.
+  static void FlushPageIn(Table& t, uint64_t index, uint64_t gva, bool* in_large) noexcept;
 
   uint64_t index_mask_ = 0;
   std::array<Table, kNumMmuIdx> tables_{};
+  std::array<Table, kNumMmuIdx> globals_{};  // the side tables of global pages
   std::unique_ptr<Entry[]> storage_;
+  std::unique_ptr<Entry[]> global_storage_;
+  std::unique_ptr<uint64_t[]> global_page_sizes_;
   SoftTlbCounters counters_;
 };
 

@@ -169,9 +169,85 @@ TEST_F(SoftTlbTest, EpochWrapClearsStaleEntries) {
     tlb_.FlushAll();
     ASSERT_EQ(tlb_.Lookup<SoftTlb::kRead>(kSup, 0x9000, 1), nullptr) << i;
   }
-  EXPECT_EQ(tlb_.counters().Get(SoftTlbCounters::kEpochWrap), 2u);  // one per MMU index
+  // One per table: each MMU index's main table and its side table of global pages.
+  EXPECT_EQ(tlb_.counters().Get(SoftTlbCounters::kEpochWrap), 4u);
   tlb_.Fill(kSup, 0x9000, host_.page(1), kRw);
   EXPECT_EQ(tlb_.Lookup<SoftTlb::kRead>(kSup, 0x9000, 1), host_.page(1));
+}
+
+// --- Global pages ---
+
+TEST_F(SoftTlbTest, GlobalPageSurvivesFlushNonGlobalAndIsRefilled) {
+  tlb_.Fill(kSup, 0xffff'8000'0000'1000, host_.page(0), kRx, base::kPageSize, /*global=*/true);
+  tlb_.Fill(kSup, 0x2000, host_.page(1), kRw);  // not global
+  tlb_.FlushNonGlobal();
+  // Both miss the main table: the hit path is the same compare as before.
+  EXPECT_EQ(tlb_.Lookup<SoftTlb::kRead>(kSup, 0xffff'8000'0000'1000, 1), nullptr);
+  EXPECT_EQ(tlb_.Lookup<SoftTlb::kRead>(kSup, 0x2000, 1), nullptr);
+  // The global one comes back from the side table, with its permissions.
+  EXPECT_EQ(tlb_.RefillGlobal(kSup, 0xffff'8000'0000'1008, Access::kFetch), host_.page(0) + 8);
+  EXPECT_EQ(tlb_.Lookup<SoftTlb::kRead>(kSup, 0xffff'8000'0000'1010, 1), host_.page(0) + 0x10);
+  EXPECT_EQ(tlb_.Lookup<SoftTlb::kWrite>(kSup, 0xffff'8000'0000'1010, 1), nullptr);
+  EXPECT_EQ(tlb_.RefillGlobal(kSup, 0x2000, Access::kRead), nullptr);
+  EXPECT_EQ(tlb_.counters().Get(SoftTlbCounters::kGlobalRefill), 1u);
+}
+
+TEST_F(SoftTlbTest, RefillGlobalOnlyForAllowedAccessesAndItsOwnMmuIndex) {
+  tlb_.Fill(kSup, 0x5000, host_.page(0), kRo, base::kPageSize, /*global=*/true);
+  tlb_.FlushNonGlobal();
+  EXPECT_EQ(tlb_.RefillGlobal(kSup, 0x5000, Access::kWrite), nullptr);  // the strategy decides
+  EXPECT_EQ(tlb_.RefillGlobal(kUsr, 0x5000, Access::kRead), nullptr);
+  // A page that aliases it in the side table is not it.
+  EXPECT_EQ(tlb_.RefillGlobal(kSup, 0x5000 + SoftTlb::kGlobalEntries * base::kPageSize, Access::kRead),
+            nullptr);
+  EXPECT_EQ(tlb_.RefillGlobal(kSup, 0x5000, Access::kRead), host_.page(0));
+}
+
+TEST_F(SoftTlbTest, EveryOtherFlushRemovesGlobalPages) {
+  auto fill = [&] { tlb_.Fill(kSup, 0x7000, host_.page(0), kRw, base::kPageSize, /*global=*/true); };
+  auto refillable = [&] {
+    tlb_.FlushNonGlobal();
+    return tlb_.RefillGlobal(kSup, 0x7000, Access::kRead) != nullptr;
+  };
+  fill();
+  EXPECT_TRUE(refillable());
+  fill();
+  tlb_.FlushAll();  // host invalidations, mode changes, CR4.PGE toggles
+  EXPECT_FALSE(refillable());
+  fill();
+  tlb_.FlushPage(0x7000);  // INVLPG
+  EXPECT_FALSE(refillable());
+  fill();
+  tlb_.FlushMmuIdx(kSup);
+  EXPECT_FALSE(refillable());
+  fill();
+  tlb_.Fill(kSup, 0x7000, host_.page(1), kRw);  // the page is not global any more
+  EXPECT_FALSE(refillable());
+}
+
+TEST_F(SoftTlbTest, DropWriteReachesTheGlobalCopy) {
+  tlb_.Fill(kSup, 0x9000, host_.page(0), kRw, base::kPageSize, /*global=*/true);
+  tlb_.DropWrite(kSup, 0x9000);
+  EXPECT_EQ(tlb_.Lookup<SoftTlb::kWrite>(kSup, 0x9000, 1), nullptr);
+  EXPECT_NE(tlb_.Lookup<SoftTlb::kRead>(kSup, 0x9000, 1), nullptr);
+  tlb_.FlushNonGlobal();
+  EXPECT_EQ(tlb_.RefillGlobal(kSup, 0x9000, Access::kWrite), nullptr);
+  EXPECT_EQ(tlb_.RefillGlobal(kSup, 0x9000, Access::kRead), host_.page(0));
+  EXPECT_EQ(tlb_.Lookup<SoftTlb::kWrite>(kSup, 0x9000, 1), nullptr);
+}
+
+TEST_F(SoftTlbTest, FlushPageInsideAGlobalLargePageRemovesEveryRefillablePiece) {
+  const uint64_t large = 0xffff'8000'4000'0000;
+  tlb_.Fill(kSup, large, host_.page(0), kRw, base::kLargePageSize2M, /*global=*/true);
+  tlb_.Fill(kSup, large + 0x5000, host_.page(1), kRw, base::kLargePageSize2M, /*global=*/true);
+  tlb_.FlushNonGlobal();
+  ASSERT_NE(tlb_.RefillGlobal(kSup, large, Access::kRead), nullptr);
+  // INVLPG of a never-filled address in the large page: both pieces go,
+  // the refilled one and the one only the side table holds.
+  tlb_.FlushPage(large + 0x10'0000);
+  EXPECT_EQ(tlb_.Lookup<SoftTlb::kRead>(kSup, large, 1), nullptr);
+  EXPECT_EQ(tlb_.RefillGlobal(kSup, large, Access::kRead), nullptr);
+  EXPECT_EQ(tlb_.RefillGlobal(kSup, large + 0x5000, Access::kRead), nullptr);
 }
 
 TEST_F(SoftTlbTest, HostPointerReadsAndWritesTheFilledPage) {

@@ -60,7 +60,7 @@ struct WalkResult {
   bool user = false;
   bool nx = false;
   bool dirty = false;
-  bool global = false;
+  bool global = false;  // G of the leaf with CR4.PGE = 1 (a global translation)
   uint8_t prot_key = 0;
 
   // --- Guest #PF (kPageFault) ---

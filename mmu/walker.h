@@ -267,7 +267,8 @@ WalkStatus GuestWalkOnce(const PagingMode& mode, uint64_t cr3, const AccessReque
   const uint64_t offset_mask = LevelPageSize(level) - 1;
   out->gpa = (e & addr_mask & ~offset_mask) | (va & offset_mask);
   out->page_size = static_cast<PageSize>(level);
-  out->global = (e & pte::kGlobal) != 0;
+  // G counts only with CR4.PGE = 1 (SDM §4.10.2.4).
+  out->global = mode.pge && (e & pte::kGlobal) != 0;
   if (mode.pke) out->prot_key = static_cast<uint8_t>((e & pte::kProtKeyMask) >> pte::kProtKeyShift);
 
   // Which entries need A (and the leaf D) set, and may we write them?

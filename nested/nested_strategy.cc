@@ -325,7 +325,7 @@ TranslateResult NestedStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& re
         out->page_size_bytes = vcpu.paging ? mmu::BytesOf(r.page_size) : base::kPageSize;
         out->walk_refs = refs;
         if (fill) {
-          vcpu.tlb->Fill(idx, req.va, page, perms, out->page_size_bytes);
+          vcpu.tlb->Fill(idx, req.va, page, perms, out->page_size_bytes, vcpu.paging && r.global);
           vcpu.RecordFill(req.va, idx);
           out->filled = true;
         }

@@ -225,6 +225,28 @@ TEST_F(SoftGuestTest, TrapSyscallEntryComputesTheSameData) {
   EXPECT_EQ(report["vms"][1]["soft_vcpu_stats"]["cpu.syscalls"].get<uint64_t>(), 0u);
 }
 
+TEST_F(SoftGuestTest, GlobalKernelPagesSurviveProcessSwitches) {
+  // The guest maps its kernel half global and sets CR4.PGE; global_pages=0
+  // turns that off. ptchurn switches address spaces and reloads CR3 often:
+  // with global pages the kernel's translations come back from the soft
+  // TLB's side table, not from walks, and the data stay the same.
+  RunConfig c = Config("soft", "ptchurn", 2);
+  c.vms[1].extra_cmdline = "global_pages=0";
+  absl::StatusOr<RunOutcome> run = RunVms(c);
+  ASSERT_TRUE(run.ok()) << run.status();
+  ASSERT_TRUE(run->vms[0].ok()) << run->vms[0].failure;
+  ASSERT_TRUE(run->vms[1].ok()) << run->vms[1].failure;
+  EXPECT_EQ(vmm::testing::DataResults(run->vms[0]), vmm::testing::DataResults(run->vms[1]));
+  const Json report = ReadJson(run->report_path);
+  const Json& global = report["vms"][0]["soft_vcpu_stats"];
+  const Json& flat = report["vms"][1]["soft_vcpu_stats"];
+  EXPECT_GT(global["soft_tlb.flush_non_global"].get<uint64_t>(), 10u);
+  EXPECT_GT(global["soft_tlb.global_refill"].get<uint64_t>(), 100u);
+  EXPECT_EQ(flat["soft_tlb.global_refill"].get<uint64_t>(), 0u);
+  // Each refill is a walk saved.
+  EXPECT_LT(global["cpu.tlb_misses"].get<uint64_t>(), flat["cpu.tlb_misses"].get<uint64_t>() * 3 / 4);
+}
+
 // ---------------------------------------------------------------------------
 // A triple fault.
 

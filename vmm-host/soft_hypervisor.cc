@@ -592,6 +592,7 @@ absl::StatusOr<VcpuRegisters> SoftVcpu::GetRegisters() {
 absl::StatusOr<BackendStats> SoftVcpu::Stats() {
   BackendStats out = interp_->counters().Snapshot("cpu");
   for (const auto& c : lapic_.counters().Snapshot("lapic")) out.push_back(c);
+  for (const auto& c : tlb_.counters().Snapshot("soft_tlb")) out.push_back(c);
   for (const auto& c : counters_.Snapshot("vcpu")) out.push_back(c);
   out.push_back({"cpu.cycles", state_.Cycles()});
   return out;

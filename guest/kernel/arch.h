@@ -66,6 +66,14 @@ inline uint64_t ReadCr3() {
   return v;
 }
 inline void WriteCr3(uint64_t v) { asm volatile("mov %0, %%cr3" : : "r"(v) : "memory"); }
+inline uint64_t ReadCr4() {
+  uint64_t v;
+  asm volatile("mov %%cr4, %0" : "=r"(v));
+  return v;
+}
+inline void WriteCr4(uint64_t v) { asm volatile("mov %0, %%cr4" : : "r"(v) : "memory"); }
+constexpr uint64_t kCr4Pge = 1ull << 7;
+constexpr uint32_t kCpuid1EdxPge = 1u << 13;
 inline void Invlpg(uint64_t va) { asm volatile("invlpg (%0)" : : "r"(va) : "memory"); }
 inline void Hlt() { asm volatile("hlt"); }
 // STI's one-instruction interrupt shadow makes "sti; hlt" race-free: an

@@ -22,6 +22,7 @@
 #define PTE_PWT 0x8
 #define PTE_PCD 0x10
 #define PTE_PS 0x80
+#define PTE_G 0x100
 #define BOOT_SOURCE_PVH 1
 #define BOOT_SOURCE_VMM 2
 
@@ -122,19 +123,28 @@ boot_gdt_desc:
   .quad boot_gdt
 
 // ---- Static boot page tables ----
-// PML4[0]   -> boot_pdpt: identity map of 0..4 GiB (boot only)
+// PML4[0]   -> boot_pdpt_ident: identity map of 0..4 GiB (boot only)
 // PML4[256] -> boot_pdpt: direct map at 0xffff800000000000 (kept for good)
 // PML4[511] -> boot_pdpt_hi: kernel image at -2 GiB maps physical 0..2 GiB
 // 2 MiB pages throughout; 3..4 GiB (MMIO: LAPIC, IOAPIC, virtio-mmio) is
 // mapped uncached (PCD|PWT). Every process shares PML4 slots 256 and 511.
+// Those kernel mappings are global (G; KernelMain sets CR4.PGE), so a CR3
+// switch keeps them in the TLB. The identity map has tables of its own
+// without G: its low addresses are user addresses in every process.
   .balign 4096
   .globl boot_pml4
 boot_pml4:
-  .quad boot_pdpt + PTE_P + PTE_W
+  .quad boot_pdpt_ident + PTE_P + PTE_W
   .fill 255, 8, 0
   .quad boot_pdpt + PTE_P + PTE_W
   .fill 254, 8, 0
   .quad boot_pdpt_hi + PTE_P + PTE_W
+boot_pdpt_ident:
+  .quad boot_pd_ident + PTE_P + PTE_W
+  .quad boot_pd_ident + 0x1000 + PTE_P + PTE_W
+  .quad boot_pd_ident + 0x2000 + PTE_P + PTE_W
+  .quad boot_pd_ident + 0x3000 + PTE_P + PTE_W
+  .fill 508, 8, 0
   .globl boot_pdpt
 boot_pdpt:
   .quad boot_pd + PTE_P + PTE_W
@@ -146,16 +156,23 @@ boot_pdpt_hi:
   .fill 510, 8, 0
   .quad boot_pd + PTE_P + PTE_W
   .quad boot_pd + 0x1000 + PTE_P + PTE_W
-boot_pd:
+// 4 page directories each: 2048 entries of 2 MiB over 0..4 GiB, the top GiB
+// uncached. `flags` are added to every entry.
+.macro BOOT_PD flags
   .set i, 0
   .rept 2048
   .if i >= 1536
-  .quad (i << 21) + PTE_P + PTE_W + PTE_PS + PTE_PCD + PTE_PWT
+  .quad (i << 21) + PTE_P + PTE_W + PTE_PS + PTE_PCD + PTE_PWT + \flags
   .else
-  .quad (i << 21) + PTE_P + PTE_W + PTE_PS
+  .quad (i << 21) + PTE_P + PTE_W + PTE_PS + \flags
   .endif
   .set i, i + 1
   .endr
+.endm
+boot_pd_ident:
+  BOOT_PD 0
+boot_pd:
+  BOOT_PD PTE_G
 
 // ---- Boot stack (high half; used until the first process runs) ----
   .section .bss

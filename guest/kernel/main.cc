@@ -122,6 +122,7 @@ struct Options {
   BalloonConfig balloon;
   bool ram_zeroed = false;
   bool pv_mem = false;
+  bool global_pages = true;
   bool kernel_fault_test = false;
   uint64_t tsc_khz = 0;
   uint64_t lapic_khz = 0;
@@ -161,6 +162,8 @@ Options ParseOptions() {
       o.ram_zeroed = ParseBool(w);
     } else if (is("pv_mem")) {
       o.pv_mem = ParseBool(w);
+    } else if (is("global_pages")) {
+      o.global_pages = ParseBool(w);
     } else if (is("kfault")) {
       o.kernel_fault_test = ParseBool(w);
     } else if (is("tsc_khz")) {
@@ -234,7 +237,8 @@ bool ExtendDirectMap(uint64_t max_pa) {
     uint64_t pd_pa = PmmCarveContiguous(1);
     if (pd_pa == 0 || pd_pa >= kStaticDirectMapEnd) return false;
     uint64_t* pd = PhysToVirt<uint64_t>(pd_pa);
-    for (uint64_t i = 0; i < 512; ++i) pd[i] = ((gib << 30) + (i << 21)) | 0x83;
+    // Present, writable, 2 MiB, global (like the static part, boot.S).
+    for (uint64_t i = 0; i < 512; ++i) pd[i] = ((gib << 30) + (i << 21)) | 0x183;
     pdpt[gib] = pd_pa | 0x3;
   }
   return true;
@@ -261,6 +265,10 @@ extern "C" [[noreturn]] void KernelMain(uint64_t info_pa, uint64_t source) {
   Options options = ParseOptions();
   if (!options.ok) BootError("bad command line");
   SetPvMem(options.pv_mem);
+  // The kernel half is mapped global (boot.S): with CR4.PGE a process switch
+  // keeps it in the TLB. Setting PGE flushes the TLB, globals included.
+  const bool pge = options.global_pages && (Cpuid(1).edx & kCpuid1EdxPge);
+  if (pge) WriteCr4(ReadCr4() | kCr4Pge);
 
   Reserve(reinterpret_cast<uint64_t>(kernel_phys_start),
           KernelVirtToPhys(kernel_end) - reinterpret_cast<uint64_t>(kernel_phys_start));
@@ -272,8 +280,8 @@ extern "C" [[noreturn]] void KernelMain(uint64_t info_pa, uint64_t source) {
   for (int i = 0; i < num_ranges; ++i) {
     Printk("mem: usable %lx-%lx\n", ranges[i].base, ranges[i].end);
   }
-  Printk("mem: %lu pages free, ram_zeroed=%d pv_mem=%d\n", GetPmmStats().free_pages,
-         options.ram_zeroed, options.pv_mem);
+  Printk("mem: %lu pages free, ram_zeroed=%d pv_mem=%d global_pages=%d\n",
+         GetPmmStats().free_pages, options.ram_zeroed, options.pv_mem, pge);
 
   TrapInit();
   LapicInit(options.tsc_khz, options.lapic_khz, options.kernel.tick_us);
