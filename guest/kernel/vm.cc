@@ -60,16 +60,21 @@ void ReleaseLeaf(AddressSpace* as, uint64_t pte) {
 
 // Unmaps [start, end) below the table at table_pa (covering addresses from
 // base). Frees tables that become empty. Returns the number of leaves removed.
+// Like CopyLevel, it stops once it has seen every present entry of the table
+// (its count), so tearing down a sparse address space does not scan 512
+// entries of every table (each one an emulated instruction or more on PVM).
 uint64_t UnmapLevel(AddressSpace* as, uint64_t table_pa, int level, uint64_t base,
                     uint64_t start, uint64_t end) {
   uint64_t* t = Table(table_pa);
   uint64_t span = 1ull << Shift(level);
   uint64_t removed = 0;
-  for (uint64_t i = Index(start, level); i < 512; ++i) {
+  uint32_t remaining = PageCount(table_pa);  // present entries not yet seen
+  for (uint64_t i = Index(start, level); i < 512 && remaining > 0; ++i) {
     uint64_t entry_base = base + i * span;
     if (entry_base >= end) break;
     uint64_t e = t[i];
     if (!(e & kPteP)) continue;
+    --remaining;
     if (level == 0) {
       t[i] = 0;
       PageCountDec(table_pa);
