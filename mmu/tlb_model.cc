@@ -89,6 +89,8 @@ TlbModel::TlbModel(const TlbConfig& config) : config_(config) {
   CHECK(ArrayFor(PageSize::k4K) != nullptr) << "no array holds 4 KiB pages";
   splinters_ = ArrayFor(PageSize::k2M) == nullptr || ArrayFor(PageSize::k1G) == nullptr;
   entries_.resize(total);
+  keys_.assign(total, 0);
+  stamps_.assign(total, 0);
 }
 
 const TlbModel::Array* TlbModel::ArrayFor(PageSize size) const {
@@ -106,10 +108,9 @@ size_t TlbModel::SetBegin(const Array& array, PageSize size, uint64_t va) const 
 size_t TlbModel::FindInSet(const Array& array, const TlbTag& tag, PageSize size,
                            uint64_t va) const {
   const size_t begin = SetBegin(array, size, va);
-  const uint64_t vpn = VpnOf(va, size);
+  const uint64_t key = KeyOf(size, VpnOf(va, size));
   for (size_t i = begin; i < begin + array.config.num_ways; ++i) {
-    const TlbEntry& e = entries_[i];
-    if (e.valid && e.page_size == size && e.vpn == vpn && TagMatches(e, tag)) return i;
+    if (keys_[i] == key && TagMatches(entries_[i], tag)) return i;
   }
   return kNotFound;
 }
@@ -147,7 +148,7 @@ const TlbEntry* TlbModel::Lookup(const TlbTag& tag, uint64_t va, Access access) 
     counters_.Inc(TlbModelCounters::kMissWriteClean);
     return nullptr;
   }
-  e.last_use = ++clock_;
+  stamps_[i] = ++clock_;
   switch (e.page_size) {
     case PageSize::k4K:
       counters_.Inc(TlbModelCounters::kHit4K);
@@ -199,21 +200,21 @@ void TlbModel::Insert(const TlbTag& tag, uint64_t va, const TlbTranslation& tran
   }
 
   const uint64_t vpn = VpnOf(va, size);
+  const uint64_t key = KeyOf(size, vpn);
   const size_t begin = SetBegin(*array, size, va);
   const size_t end = begin + array->config.num_ways;
   size_t victim = kNotFound;
   for (size_t i = begin; i < end; ++i) {
-    const TlbEntry& e = entries_[i];
     // Same page, same exact tag: refresh in place (e.g. a clean entry being
     // replaced by a dirty one after the walk set D).
-    if (e.valid && e.page_size == size && e.vpn == vpn && e.tag == tag) {
+    if (keys_[i] == key && entries_[i].tag == tag) {
       victim = i;
       break;
     }
   }
   if (victim == kNotFound) {
     for (size_t i = begin; i < end; ++i) {
-      if (!entries_[i].valid) {
+      if (keys_[i] == 0) {
         victim = i;
         break;
       }
@@ -222,7 +223,7 @@ void TlbModel::Insert(const TlbTag& tag, uint64_t va, const TlbTranslation& tran
   if (victim == kNotFound) {
     victim = begin;
     for (size_t i = begin + 1; i < end; ++i) {
-      if (entries_[i].last_use < entries_[victim].last_use) victim = i;
+      if (stamps_[i] < stamps_[victim]) victim = i;
     }
     counters_.Inc(TlbModelCounters::kEvict);
     if (evicted != nullptr) *evicted = entries_[victim];
@@ -234,15 +235,16 @@ void TlbModel::Insert(const TlbTag& tag, uint64_t va, const TlbTranslation& tran
   e.vpn = vpn;
   e.mapping_size = translation.page_size;
   e.translation = stored;
-  e.last_use = ++clock_;
+  keys_[victim] = key;
+  stamps_[victim] = ++clock_;
 }
 
 template <typename Pred>
 void TlbModel::InvalidateIf(Pred pred) noexcept {
   uint64_t removed = 0;
-  for (TlbEntry& e : entries_) {
-    if (e.valid && pred(e)) {
-      e.valid = false;
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    if (keys_[i] != 0 && pred(entries_[i])) {
+      Invalidate(i);
       ++removed;
     }
   }
@@ -260,10 +262,10 @@ void TlbModel::InvalidateAddress(uint64_t va, Pred pred) noexcept {
     for (PageSize size : kSizes) {
       if (!Holds(a.config, size)) continue;
       const size_t begin = SetBegin(a, size, va);
+      const uint64_t key = KeyOf(size, VpnOf(va, size));
       for (size_t i = begin; i < begin + a.config.num_ways; ++i) {
-        TlbEntry& e = entries_[i];
-        if (e.valid && e.page_size == size && e.vpn == VpnOf(va, size) && pred(e)) {
-          e.valid = false;
+        if (keys_[i] == key && pred(entries_[i])) {
+          Invalidate(i);
           ++removed;
         }
       }
@@ -365,7 +367,7 @@ void TlbModel::FlushAll() noexcept {
 
 size_t TlbModel::CountValid() const {
   size_t n = 0;
-  for (const TlbEntry& e : entries_) n += e.valid ? 1 : 0;
+  for (uint64_t key : keys_) n += key != 0 ? 1 : 0;
   return n;
 }
 

@@ -139,7 +139,6 @@ struct TlbEntry {
   // every piece (SDM §4.10.4.1, footnote on multiple entries for one page).
   PageSize mapping_size = PageSize::k4K;
   TlbTranslation translation;
-  uint64_t last_use = 0;  // LRU stamp
 
   // The physical address of `va`, which must lie in this entry's page.
   uint64_t Translate(uint64_t va) const {
@@ -302,9 +301,22 @@ class TlbModel {
   template <typename Pred>
   void InvalidateAddress(uint64_t va, Pred pred) noexcept;
 
+  // keys_[i]: entries_[i]'s validity, page size and vpn in one word (0 when
+  // invalid), so that probing a 12-way set reads 96 bytes instead of 12
+  // entries, and a flush skips invalid entries without touching them.
+  static constexpr uint64_t KeyOf(PageSize size, uint64_t vpn) {
+    return (vpn << 3) | (static_cast<uint64_t>(size) << 1) | 1;
+  }
+  void Invalidate(size_t i) noexcept {
+    entries_[i].valid = false;
+    keys_[i] = 0;
+  }
+
   TlbConfig config_;
   std::vector<Array> arrays_;
   std::vector<TlbEntry> entries_;  // the arrays' sets, way by way
+  std::vector<uint64_t> keys_;     // parallel to entries_ (KeyOf)
+  std::vector<uint64_t> stamps_;   // parallel to entries_: LRU stamps
   // Whether some page size is held by no array (then entries may be pieces of
   // larger mappings, and address invalidation scans the whole TLB).
   bool splinters_ = false;
