@@ -53,7 +53,7 @@ NativeStrategy::NativeStrategy(mmu::GuestPhysMemory* mem, const Options& options
     : PagingStrategy(mem, options.max_vcpus),
       vcpu_counters_(std::make_unique<NativeVcpuCounters[]>(options.max_vcpus)),
       hw_models_(options.max_vcpus,
-                 mmu::HwModelConfig{}.Bounding(options.hw_model_bounds_soft_tlb)) {}
+                 mmu::HwModelConfig{}.Bounding(options.hw_model_bounds_soft_tlb).Enabled(options.hw_model)) {}
 
 TranslateResult NativeStrategy::Translate(VcpuMmu& vcpu, const AccessRequest& req,
                                           TranslateOutcome* out) noexcept {
@@ -254,8 +254,10 @@ base::CounterSnapshot NativeStrategy::Counters() const {
   base::CounterSnapshot out = sum.Snapshot("native");
   base::CounterSnapshot shared = shared_counters_.Snapshot("native");
   out.insert(out.end(), shared.begin(), shared.end());
-  base::CounterSnapshot hw = hw_models_.Totals().Snapshot("native.hw");
-  out.insert(out.end(), hw.begin(), hw.end());
+  if (hw_models_.enabled()) {
+    base::CounterSnapshot hw = hw_models_.Totals().Snapshot("native.hw");
+    out.insert(out.end(), hw.begin(), hw.end());
+  }
   return out;
 }
 

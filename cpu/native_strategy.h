@@ -90,6 +90,9 @@ class NativeStrategy final : public mmu::PagingStrategy {
     // (mmu::HwModelConfig::bound_soft_tlb): exact TLB counts for the cost
     // model, at the price of more soft-TLB misses.
     bool hw_model_bounds_soft_tlb = true;
+    // False: no hardware model (mmu::HwModelConfig::enabled), so no ".hw"
+    // counters and nothing for the cost model's TLB and walk classes.
+    bool hw_model = true;
   };
   static constexpr uint32_t kMaxVcpus = 1024;
   // How often Translate resolves a missing backing and walks again before it

@@ -102,11 +102,21 @@ struct HwModelConfig {
   bool two_d = false;
   // Evict from the soft TLB the 4 KiB pages the STLB model evicts (above).
   bool bound_soft_tlb = true;
+  // False: no model at all (HwPagingModelSet::Ensure creates none, so every
+  // At() is nullptr and the strategies skip it): no modelled TLB or walk
+  // counts, and no cost on the miss path.
+  bool enabled = true;
 
   // This config with bound_soft_tlb set to `bound`.
   HwModelConfig Bounding(bool bound) const {
     HwModelConfig c = *this;
     c.bound_soft_tlb = bound;
+    return c;
+  }
+  // This config with `enabled` set.
+  HwModelConfig Enabled(bool on) const {
+    HwModelConfig c = *this;
+    c.enabled = on;
     return c;
   }
 
@@ -209,7 +219,9 @@ class HwPagingModelSet {
   HwPagingModelSet(const HwPagingModelSet&) = delete;
   HwPagingModelSet& operator=(const HwPagingModelSet&) = delete;
 
+  bool enabled() const { return config_.enabled; }
   void Ensure(uint32_t index) {
+    if (!config_.enabled) return;
     if (index < max_vcpus_ && models_[index].load(std::memory_order_acquire) == nullptr) {
       models_[index].store(new HwPagingModel(config_), std::memory_order_release);
     }

@@ -68,7 +68,7 @@ NestedStrategy::NestedStrategy(mmu::GuestPhysMemory* mem, const Options& options
       options_(options),
       vcpu_counters_(std::make_unique<NestedCounters[]>(options.max_vcpus)),
       hw_models_(options.max_vcpus,
-                 mmu::HwModelConfig::TwoD().Bounding(options.hw_model_bounds_soft_tlb)) {
+                 mmu::HwModelConfig::TwoD().Bounding(options.hw_model_bounds_soft_tlb).Enabled(options.hw_model)) {
   absl::MutexLock lock(&mu_);
   const EptPage* root = NewPage();
   ept_.eptp = mmu::MakeEptp(reinterpret_cast<uint64_t>(root), kEptLevels, options.ept_ad);
@@ -508,8 +508,10 @@ NestedCounters NestedStrategy::Totals() const {
 base::CounterSnapshot NestedStrategy::Counters() const {
   base::CounterSnapshot out = Totals().Snapshot("nested");
   out.push_back({"nested.large_mappings", large_mappings()});
-  base::CounterSnapshot hw = hw_models_.Totals().Snapshot("nested.hw");
-  out.insert(out.end(), hw.begin(), hw.end());
+  if (hw_models_.enabled()) {
+    base::CounterSnapshot hw = hw_models_.Totals().Snapshot("nested.hw");
+    out.insert(out.end(), hw.begin(), hw.end());
+  }
   return out;
 }
 

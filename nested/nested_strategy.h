@@ -104,8 +104,9 @@ class NestedStrategy final : public mmu::PagingStrategy {
     uint32_t max_vcpus = 1;
     // Install 2 MiB EPT entries where the backing allows.
     bool large_pages = true;
-    // See NativeStrategy::Options::hw_model_bounds_soft_tlb.
+    // See NativeStrategy::Options::hw_model_bounds_soft_tlb and hw_model.
     bool hw_model_bounds_soft_tlb = true;
+    bool hw_model = true;
     // EPT accessed/dirty flags (EPTP bit 6) drive harvesting (above).
     bool ept_ad = false;
   };

@@ -78,7 +78,7 @@ ShadowStrategy::ShadowStrategy(mmu::GuestPhysMemory* mem, const Options& options
       options_(options),
       roots_(options.max_vcpus),
       hw_models_(options.max_vcpus,
-                 mmu::HwModelConfig{}.Bounding(options.hw_model_bounds_soft_tlb)) {}
+                 mmu::HwModelConfig{}.Bounding(options.hw_model_bounds_soft_tlb).Enabled(options.hw_model)) {}
 
 ShadowStrategy::~ShadowStrategy() {
   absl::MutexLock lock(&mu_);
@@ -870,8 +870,10 @@ void ShadowStrategy::DropGfns(base::Gfn first, uint64_t count,
 
 base::CounterSnapshot ShadowStrategy::Counters() const {
   base::CounterSnapshot out = counters_.Snapshot("shadow");
-  base::CounterSnapshot hw = hw_models_.Totals().Snapshot("shadow.hw");
-  out.insert(out.end(), hw.begin(), hw.end());
+  if (hw_models_.enabled()) {
+    base::CounterSnapshot hw = hw_models_.Totals().Snapshot("shadow.hw");
+    out.insert(out.end(), hw.begin(), hw.end());
+  }
   return out;
 }
 

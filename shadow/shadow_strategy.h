@@ -116,8 +116,9 @@ class ShadowStrategy final : public mmu::PagingStrategy {
     // Let leaf tables go out of sync (KVM's default). Off: every write to a
     // shadowed table traps.
     bool unsync = true;
-    // See NativeStrategy::Options::hw_model_bounds_soft_tlb.
+    // See NativeStrategy::Options::hw_model_bounds_soft_tlb and hw_model.
     bool hw_model_bounds_soft_tlb = true;
+    bool hw_model = true;
     // Run Audit at every resync, and at the first miss or event after each
     // FrameTable invalidation; count failures and keep the first (tests and
     // --shadow_audit runs).

@@ -247,6 +247,32 @@ TEST_F(SoftGuestTest, GlobalKernelPagesSurviveProcessSwitches) {
   EXPECT_LT(global["cpu.tlb_misses"].get<uint64_t>(), flat["cpu.tlb_misses"].get<uint64_t>() * 3 / 4);
 }
 
+TEST_F(SoftGuestTest, HwModelOffComputesTheSameAndModelsNothing) {
+  // --soft_hw_model=off: no TLB/PWC model behind the cost model. The guest
+  // computes the same; the report has no ".hw" counters and no modelled
+  // cycles, which a run with the model has.
+  RunConfig modelled = Config("soft", "ptchurn", 1, "fast");
+  modelled.soft_hw_model = "fast";
+  RunConfig off = Config("soft", "ptchurn", 1, "off");
+  off.soft_hw_model = "off";
+  absl::StatusOr<RunOutcome> a = RunVms(modelled);
+  absl::StatusOr<RunOutcome> b = RunVms(off);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(a->vms[0].ok()) << a->vms[0].failure;
+  ASSERT_TRUE(b->vms[0].ok()) << b->vms[0].failure;
+  EXPECT_EQ(vmm::testing::DataResults(a->vms[0]), vmm::testing::DataResults(b->vms[0]));
+  const Json with = ReadJson(a->report_path)["vms"][0];
+  const Json without = ReadJson(b->report_path)["vms"][0];
+  EXPECT_TRUE(with.contains("modelled_cycles"));
+  EXPECT_GT(with["soft_vm_stats"]["native.hw.lookups"].get<uint64_t>(), 0u);
+  EXPECT_FALSE(without.contains("modelled_cycles"));
+  EXPECT_FALSE(without["soft_vm_stats"].contains("native.hw.lookups"));
+  // The same guest work: the soft TLB and the strategy saw the same misses.
+  EXPECT_EQ(with["soft_vcpu_stats"]["cpu.instructions"], without["soft_vcpu_stats"]["cpu.instructions"]);
+  EXPECT_EQ(with["soft_vm_stats"]["native.translations"], without["soft_vm_stats"]["native.translations"]);
+}
+
 // ---------------------------------------------------------------------------
 // A triple fault.
 

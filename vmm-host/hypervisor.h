@@ -182,6 +182,10 @@ class Hypervisor {
   // (VT-x, and the soft CPU, which does a page of REP STOS/MOVS at once) the
   // exit is the dearer way.
   virtual bool pv_mem_pays_off() const = 0;
+  // True where the backend runs the hardware TLB/PWC model behind the cost
+  // model (soft, unless --soft_hw_model=off): the report then has modelled
+  // cycles.
+  virtual bool models_hardware() const { return false; }
   virtual absl::StatusOr<std::unique_ptr<Vm>> CreateVm(const VmSetup& setup) = 0;
 };
 

@@ -333,6 +333,7 @@ MachineResult Machine::Collect() {
   r.name = config_.name;
   r.backend = std::string(env_.hypervisor->name());
   r.paging_mode = env_.hypervisor->paging_mode();
+  r.models_hardware = env_.hypervisor->models_hardware();
   r.paging_strategy = vm_->PagingStrategyName();
   {
     absl::MutexLock lock(&mu_);

@@ -58,6 +58,7 @@ struct MachineResult {
   std::string name;
   std::string backend;      // "kvm", "soft"
   std::string paging_mode;  // Hypervisor::paging_mode(): how the VM started
+  bool models_hardware = false;  // Hypervisor::models_hardware()
   // The paging strategy running at the end (soft: it may have been switched
   // while the VM ran, counted as vm.strategy_switches); empty on kvm.
   std::string paging_strategy;

@@ -104,7 +104,7 @@ nlohmann::ordered_json VmReportJson(const MachineResult& r, const std::string& c
   // LAPIC's and paging strategy's counters.
   v[r.backend + "_vm_stats"] = StatsJson(r.vm_stats);
   v[r.backend + "_vcpu_stats"] = StatsJson(r.vcpu_stats);
-  if (r.backend == "soft") {
+  if (r.backend == "soft" && r.models_hardware) {
     // The cost model (docs/cost-model.md): the classes sum to the total.
     const costmodel::CostTable& table = costs != nullptr ? *costs : costmodel::CostTable::Default();
     const costmodel::ModelledCycles m = ModelledCyclesOf(r, table);

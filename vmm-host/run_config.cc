@@ -262,8 +262,8 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
     return FieldError("soft_cpu_khz", "expected 1000 (1 MHz) to 100000000 (100 GHz)");
   }
   if (config.soft_slice == 0) return FieldError("soft_slice", "expected a positive integer");
-  if (config.soft_hw_model != "exact" && config.soft_hw_model != "fast") {
-    return FieldError("soft_hw_model", "expected \"exact\" or \"fast\"");
+  if (config.soft_hw_model != "exact" && config.soft_hw_model != "fast" && config.soft_hw_model != "off") {
+    return FieldError("soft_hw_model", "expected \"exact\", \"fast\" or \"off\"");
   }
   // The messages name the option ("adaptive_margin: ...").
   if (absl::Status s = AdaptiveOptions(config).Validate(); !s.ok()) {
@@ -295,6 +295,12 @@ absl::Status ValidateRunConfig(const RunConfig& config) {
       return FieldError(absl::StrCat(where, ".paging"),
                         "adaptive chooses between the soft backend's strategies: it needs "
                         "backend soft");
+    }
+    if (vm.paging == "adaptive" && config.soft_hw_model == "off") {
+      // The controller prices the hardware model's counts.
+      return FieldError(absl::StrCat(where, ".paging"),
+                        "adaptive needs the hardware model: soft_hw_model \"exact\" or \"fast\", not "
+                        "\"off\"");
     }
     if (!IsKnownWorkload(vm.workload)) {
       std::string known;

@@ -77,8 +77,8 @@ struct RunConfig {
   // resync and after every FrameTable invalidation (slow; for debugging and
   // tests). Failures count as shadow.audit_failures (docs/shadow.md).
   bool shadow_audit = false;
-  // The soft backend's hardware model: "exact" (default) or "fast"
-  // (SoftOptions::hw_model_exact; docs/cost-model.md).
+  // The soft backend's hardware model: "exact" (default), "fast" or "off"
+  // (SoftOptions::hw_model_exact and hw_model; docs/cost-model.md).
   std::string soft_hw_model = "exact";
   // paging "adaptive" (docs/paging-strategies.md, "The adaptive mode"):
   // guest instructions per interval, the fraction by which the other

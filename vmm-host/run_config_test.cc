@@ -130,6 +130,25 @@ TEST(RunConfigTest, PagingScheduleParsesAndIsChecked) {
             std::string::npos);
 }
 
+TEST(RunConfigTest, SoftHwModelTakesExactFastOrOff) {
+  auto validate = [](const char* json) {
+    absl::StatusOr<RunConfig> c = ParseRunConfig(json);
+    return c.ok() ? ValidateRunConfig(*c) : c.status();
+  };
+  for (const char* json : {R"({"soft_hw_model": "exact", "vms": [{"backend": "soft"}]})",
+                           R"({"soft_hw_model": "fast", "vms": [{"backend": "soft"}]})",
+                           R"({"soft_hw_model": "off", "vms": [{"backend": "soft"}]})"}) {
+    EXPECT_TRUE(validate(json).ok()) << json << ": " << validate(json);
+  }
+  EXPECT_EQ(validate(R"({"soft_hw_model": "none", "vms": [{"backend": "soft"}]})").message(),
+            "config: soft_hw_model: expected \"exact\", \"fast\" or \"off\"");
+  // Adaptive paging prices the model's counts: it cannot run without it.
+  EXPECT_NE(validate(R"({"soft_hw_model": "off", "vms": [{"backend": "soft", "paging": "adaptive"}]})")
+                .message()
+                .find("vms[0] (vm0).paging: adaptive needs the hardware model"),
+            std::string::npos);
+}
+
 TEST(RunConfigTest, AdaptivePagingParsesAndIsChecked) {
   absl::StatusOr<RunConfig> c = ParseRunConfig(R"({"adaptive_interval": 1000000, "adaptive_margin": 0.1,
       "adaptive_streak": 2, "adaptive_min_dwell": 4, "adaptive_urgent_factor": 20, "nested_large_pages": false,

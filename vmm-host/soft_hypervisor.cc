@@ -47,13 +47,16 @@ absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> MakePagingStrategy(const So
   const bool bound = options.hw_model_exact;
   if (name == "native") {
     ASSIGN_OR_RETURN(auto s, cpu::NativeStrategy::Create(
-                                 memory, {.max_vcpus = max_vcpus, .hw_model_bounds_soft_tlb = bound}));
+                                 memory, {.max_vcpus = max_vcpus,
+                                          .hw_model_bounds_soft_tlb = bound,
+                                          .hw_model = options.hw_model}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
   if (name == "shadow") {
     ASSIGN_OR_RETURN(auto s, shadow::ShadowStrategy::Create(
                                  memory, {.max_vcpus = max_vcpus,
                                           .hw_model_bounds_soft_tlb = bound,
+                                          .hw_model = options.hw_model,
                                           .audit_on_resync = options.shadow_audit}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
@@ -61,7 +64,8 @@ absl::StatusOr<std::unique_ptr<mmu::PagingStrategy>> MakePagingStrategy(const So
     ASSIGN_OR_RETURN(auto s, nested::NestedStrategy::Create(
                                  memory, {.max_vcpus = max_vcpus,
                                           .large_pages = options.nested_large_pages,
-                                          .hw_model_bounds_soft_tlb = bound}));
+                                          .hw_model_bounds_soft_tlb = bound,
+                                          .hw_model = options.hw_model}));
     return std::unique_ptr<mmu::PagingStrategy>(std::move(s));
   }
   return absl::InvalidArgumentError(absl::StrCat("soft: unknown paging strategy \"", name, "\""));
@@ -960,6 +964,9 @@ absl::StatusOr<std::unique_ptr<SoftHypervisor>> SoftHypervisor::Create(SoftOptio
                                                    kPagingModes, ")"));
   }
   if (options.paging == "adaptive") TRY(options.adaptive.Validate());
+  if (options.paging == "adaptive" && !options.hw_model) {
+    return absl::InvalidArgumentError("soft: adaptive paging needs the hardware model (soft_hw_model off)");
+  }
   if (options.cpu_khz < 1000 || options.cpu_khz > 100'000'000) {
     return absl::InvalidArgumentError("soft: cpu_khz must be between 1000 (1 MHz) and 100000000 (100 GHz)");
   }

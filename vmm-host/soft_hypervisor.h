@@ -91,6 +91,10 @@ struct SoftOptions {
   // on large working sets. False: the model sees only the soft TLB's own
   // misses (an under-count) and the interpreter runs at full speed.
   bool hw_model_exact = true;
+  // False: no hardware model at all ("off"): the interpreter's raw speed, no
+  // modelled TLB and walk counts, and no modelled cycles in the report.
+  // Adaptive paging needs the model.
+  bool hw_model = true;
 };
 
 class SoftHypervisor final : public Hypervisor {
@@ -101,6 +105,7 @@ class SoftHypervisor final : public Hypervisor {
   std::string paging_mode() const override { return "soft/" + options_.paging; }
   bool needs_trap_syscall_entry() const override { return false; }
   bool pv_mem_pays_off() const override { return false; }
+  bool models_hardware() const override { return options_.hw_model; }
   // `setup.memory` is required: the strategy reads guest RAM through it.
   absl::StatusOr<std::unique_ptr<Vm>> CreateVm(const VmSetup& setup) override;
 

@@ -46,7 +46,8 @@ ABSL_FLAG(uint64_t, soft_cpu_khz, 1000000,
 ABSL_FLAG(uint64_t, soft_slice, 100000,
           "soft backend: guest instructions per vCPU turn when a VM has several vCPUs");
 ABSL_FLAG(std::string, soft_hw_model, "exact",
-          "soft backend: exact (the cost model's TLB model bounds the soft TLB) or fast");
+          "soft backend: exact (the cost model's TLB model bounds the soft TLB), fast (it does "
+          "not) or off (no hardware model and no modelled cycles: the interpreter's raw speed)");
 ABSL_FLAG(bool, shadow_audit, false,
           "soft backend, --paging=shadow: audit the shadow tables at every resync (slow)");
 ABSL_FLAG(std::string, cost_model, "",

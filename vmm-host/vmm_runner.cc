@@ -78,6 +78,7 @@ absl::StatusOr<RunOutcome> RunVms(const RunConfig& config) {
       options.slice = config.soft_slice;
       options.shadow_audit = config.shadow_audit;
       options.hw_model_exact = config.soft_hw_model == "exact";
+      options.hw_model = config.soft_hw_model != "off";
       options.adaptive = AdaptiveOptions(config);
       options.costs = std::make_shared<const costmodel::CostTable>(costs);  // adaptive prices with the run's table
       options.nested_large_pages = config.nested_large_pages;
