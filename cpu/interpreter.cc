@@ -75,6 +75,7 @@ void Interpreter::FlushDecodeCache() noexcept {
     ++info.generation;
     info.has_code = false;
   }
+  std::fill(std::begin(code_filter_), std::end(code_filter_), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -184,7 +185,7 @@ mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
       *host_page = out.host_page;
       *gpa = out.gpa;
       // The SMC rule: a page with decoded code never gets a writable TLB entry.
-      if (out.filled && out.perms.write) {
+      if (out.filled && out.perms.write && MayHoldCode(reinterpret_cast<uintptr_t>(out.host_page))) {
         auto it = pages_.find(reinterpret_cast<uintptr_t>(out.host_page));
         if (it != pages_.end() && it->second.has_code) vcpu_.tlb->DropWrite(out.mmu_idx, gva);
       }
@@ -201,6 +202,7 @@ mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
 }
 
 void Interpreter::NoteCodeWrite(uint8_t* host_page) noexcept {
+  if (!MayHoldCode(reinterpret_cast<uintptr_t>(host_page))) return;
   auto it = pages_.find(reinterpret_cast<uintptr_t>(host_page));
   if (it == pages_.end() || !it->second.has_code) return;
   counters_.Inc(InterpreterCounters::kSmcInvalidations);
@@ -317,6 +319,8 @@ Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
   PageInfo& page = pages_[page_key];  // allocates only for a new code page
   if (!page.has_code) {
     page.has_code = true;
+    const uint32_t bit = CodeFilterBit(page_key);
+    code_filter_[bit / 64] |= uint64_t{1} << (bit % 64);
     // Every writable TLB entry for this page must go (see the header): flush
     // all, O(1). Later fills of the page are made read-only by TranslateAccess.
     vcpu_.tlb->FlushAll();
