@@ -750,6 +750,15 @@ DecodedBlock DecodeBlock(const uint8_t* page_bytes, uint32_t offset, DecodedInsn
       block.end = BlockEnd::kInvalid;
       return block;
     }
+    if (through_jcc && insn->op == Op::kJmp && insn->operand_size != 2 && block.num_insns < max_insns) {
+      // A direct JMP to this page: go on at its target (it is always taken).
+      const int64_t target = static_cast<int64_t>(pos) + insn->imm;
+      if (target >= 0 && target < static_cast<int64_t>(kCodePageBytes)) {
+        block.followed |= uint64_t{1} << (block.num_insns - 1);
+        pos = static_cast<uint32_t>(target);
+        continue;
+      }
+    }
     if (EndsBlock(insn->op) && !(through_jcc && insn->op == Op::kJcc)) {
       block.end = BlockEnd::kEndsBlock;
       return block;

@@ -65,7 +65,8 @@ struct DecodedBlock {
   // address. offset + num_bytes unless a Jcc was followed.
   uint32_t end_offset = 0;
   // Bit i: out[i] is a Jcc whose taken path was followed (the next entry is
-  // its target); the block must be left when it is not taken.
+  // its target; the block must be left when it is not taken), or a direct
+  // JMP that was followed.
   uint64_t followed = 0;
   BlockEnd end = BlockEnd::kMaxInsns;
 };
@@ -83,7 +84,10 @@ struct DecodedBlock {
 // decoding goes on at such a Jcc's target instead, when the target is on
 // this page, and `followed` marks it (the caller leaves the block wherever
 // it is not taken). A hot loop whose body branches forward then becomes one
-// block, unrolled up to max_insns.
+// block, unrolled up to max_insns. With through_jcc a direct JMP whose
+// target is on this page is followed too (always taken; also marked in
+// `followed`, so offsets can be recomputed), so if/else joins and loop
+// back-edges do not end the block.
 [[nodiscard]] DecodedBlock DecodeBlock(const uint8_t* page_bytes, uint32_t offset,
                                        DecodedInsn* out, size_t max_insns,
                                        bool through_jcc = false, const uint16_t* follow = nullptr,

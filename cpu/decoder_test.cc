@@ -700,6 +700,37 @@ TEST(DecodeBlockTest, FollowsTheTakenPathOfNamedJccsOnThePage) {
   EXPECT_EQ(off.end, BlockEnd::kPageEnd);
 }
 
+TEST(DecodeBlockTest, FollowsDirectJmpsOnThePageInSuperblocks) {
+  std::vector<uint8_t> page(kCodePageBytes, 0xcc);
+  // inc eax; jmp +2; (nop; nop skipped) inc ecx; jmp -8 (back to offset 300); ...
+  const std::vector<uint8_t> code = Hex("ff c0 eb 02 90 90 ff c1 eb f6");
+  std::memcpy(page.data() + 300, code.data(), code.size());
+  DecodedInsn out[64];
+  // Without superblocks a JMP ends the block.
+  const DecodedBlock plain = DecodeBlock(page.data(), 300, out, 64);
+  EXPECT_EQ(plain.num_insns, 2U);
+  EXPECT_EQ(plain.end, BlockEnd::kEndsBlock);
+  // With them both JMPs are followed, and the loop unrolls to max_insns;
+  // the last JMP, at max_insns, ends the block unfollowed.
+  const DecodedBlock b = DecodeBlock(page.data(), 300, out, 8, /*through_jcc=*/true);
+  EXPECT_EQ(b.num_insns, 8U);
+  EXPECT_EQ(out[0].op, Op::kInc);
+  EXPECT_EQ(out[1].op, Op::kJmp);
+  EXPECT_EQ(out[2].op, Op::kInc);  // ecx: the nops were jumped over
+  EXPECT_EQ(out[2].dst.reg, 1);
+  EXPECT_EQ(out[4].op, Op::kInc);  // eax again, after the backward JMP
+  EXPECT_EQ(out[4].dst.reg, 0);
+  EXPECT_EQ(b.followed, 0b0010'1010U);
+  EXPECT_EQ(b.end, BlockEnd::kEndsBlock);
+  // A JMP off the page ends the block.
+  const std::vector<uint8_t> far = Hex("ff c0 e9 00 10 00 00");  // jmp +4096
+  std::memcpy(page.data() + 400, far.data(), far.size());
+  const DecodedBlock off = DecodeBlock(page.data(), 400, out, 64, true);
+  EXPECT_EQ(off.num_insns, 2U);
+  EXPECT_EQ(off.followed, 0U);
+  EXPECT_EQ(off.end, BlockEnd::kEndsBlock);
+}
+
 TEST(DecodeBlockTest, StopsAtMaxInsns) {
   std::vector<uint8_t> page(kCodePageBytes, 0x90);
   DecodedInsn out[8];

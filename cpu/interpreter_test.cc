@@ -18,6 +18,7 @@
 DECLARE_PROGRAM(prog_fib)
 DECLARE_PROGRAM(prog_xorshift)
 DECLARE_PROGRAM(prog_follow)
+DECLARE_PROGRAM(prog_jmps)
 DECLARE_PROGRAM(prog_mem)
 DECLARE_PROGRAM(prog_fact)
 DECLARE_PROGRAM(prog_rep)
@@ -104,6 +105,33 @@ TEST_F(InterpreterTest, HotForwardBranchIsFollowedAndStaysExact) {
   EXPECT_EQ(state_.gpr[kRax], want);
   // 8 instructions a round; a followed block runs 32 of them at a time.
   EXPECT_LT(whole_run_blocks, 5000u * 8 / 16);
+}
+
+TEST_F(InterpreterTest, FollowedJmpsRunExactlyAndLengthenBlocks) {
+  uint64_t want = 0;
+  for (uint64_t c = 0; c < 3000; ++c) {
+    if (c & 1) {
+      want += c;
+    } else {
+      want ^= c;
+      want = (want << 5) | (want >> 59);
+    }
+  }
+  Load(prog_jmps, prog_jmps_end);
+  RunToHalt();
+  EXPECT_EQ(state_.gpr[kRax], want);
+  const uint64_t blocks = Counter("block_cache_hits");
+  // About 8 instructions a round; without followed JMPs a block would end at
+  // each JMP (two or three blocks a round).
+  EXPECT_LT(blocks, 3000u);
+  // Single steps (a block cut after every instruction) agree.
+  Load(prog_jmps, prog_jmps_end);
+  RunResult r;
+  do {
+    r = interp_->Run(1);
+  } while (r.reason == StopReason::kBudget);
+  EXPECT_EQ(r.reason, StopReason::kHalt);
+  EXPECT_EQ(state_.gpr[kRax], want);
 }
 
 // Regression: the block cache was direct-mapped, and two hot blocks whose

@@ -63,6 +63,24 @@ PROGRAM(prog_follow)
         hlt
 END(prog_follow)
 
+// rax = a checksum over 3000 rounds of a loop closed by a backward JMP, with
+// an if/else joined by a forward JMP: superblocks follow both JMPs.
+PROGRAM(prog_jmps)
+        xor eax, eax
+        xor ecx, ecx
+1:      cmp ecx, 3000
+        jae 4f
+        test cl, 1
+        jz 2f
+        add rax, rcx
+        jmp 3f
+2:      xor rax, rcx
+        rol rax, 5
+3:      inc ecx
+        jmp 1b
+4:      hlt
+END(prog_jmps)
+
 // Loads and stores; rdi = a writable data buffer.
 PROGRAM(prog_mem)
         mov qword ptr [rdi], 0x1234
