@@ -32,10 +32,12 @@ void SoftTlb::ClearTable(Table& table, uint64_t mask) noexcept {
   std::fill_n(table.entries, mask + 1, Entry{{kInvalidTag, kInvalidTag, kInvalidTag}, 0});
   table.epoch = 0;
   table.has_large = false;
+  table.in_use = false;
 }
 
 void SoftTlb::FlushTable(Table& table, uint64_t mask) noexcept {
   table.has_large = false;
+  table.in_use = false;
   if (table.epoch < kMaxEpoch) {
     ++table.epoch;
     return;
@@ -85,7 +87,8 @@ void SoftTlb::Fill(MmuIdx mmu_idx, uint64_t gva, uint8_t* host_page, Perms perms
   const uint64_t gindex = (gva >> base::kPageShift) & kGlobalMask;
   if (global) {
     Install(g, gindex, gva, addend, perms, page_size_bytes);
-  } else {
+    g.in_use = true;
+  } else if (g.in_use) {
     // The page is not global (any more): no refill may bring an old global
     // translation of it back.
     bool unused = false;
@@ -96,6 +99,7 @@ void SoftTlb::Fill(MmuIdx mmu_idx, uint64_t gva, uint8_t* host_page, Perms perms
 uint8_t* SoftTlb::RefillGlobal(MmuIdx mmu_idx, uint64_t gva, Access access) noexcept {
   const size_t idx = static_cast<size_t>(mmu_idx);
   Table& g = globals_[idx];
+  if (!g.in_use) return nullptr;
   const uint64_t gindex = (gva >> base::kPageShift) & kGlobalMask;
   const Entry& ge = g.entries[gindex];
   const uint64_t page = gva & ~base::kPageMask;

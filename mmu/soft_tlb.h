@@ -206,6 +206,10 @@ class SoftTlb {
     bool has_large = false;
     uint64_t large_base = 0;
     uint64_t large_mask = 0;
+    // Side tables: something was installed since the last flush. A guest
+    // without global pages (or an MMU index without them, usually the
+    // user's) then costs the miss path nothing.
+    bool in_use = false;
   };
 
   void ClearTable(Table& table, uint64_t mask) noexcept;
