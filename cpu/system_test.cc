@@ -132,6 +132,23 @@ class SystemTest : public InterpreterTest {
 
   // Loads `code` at `at` and points rip at it. Drops decoded blocks first:
   // the decode cache does not see stores made from outside the vCPU.
+  // Global pages: kData mapped global (G) holding 0xaaaa, kData2 holding
+  // 0xbbbb, rdi = kData; with `pge`, CR4.PGE is set first.
+  void MapGlobalData(bool pge) {
+    if (pge) {
+      state_.cr4 |= uint64_t{1} << 7;
+      interp_->SyncPagingRegisters();
+    }
+    CHECK(tables_.Map(kData, kData, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
+    Poke64(kData, 0xaaaa);
+    Poke64(kData2, 0xbbbb);
+    state_.gpr[kRdi] = kData;
+  }
+  // Points kData's page at kData2's frame behind the CPU's back (no INVLPG).
+  void RemapGlobalData() {
+    CHECK(tables_.Map(kData, kData2, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
+  }
+
   void Code(std::initializer_list<uint8_t> code, uint64_t at = kCode) {
     std::vector<uint8_t> bytes(code);
     Poke(at, bytes.data(), bytes.size());
@@ -661,13 +678,7 @@ class GlobalPagesTest : public SystemTest, public ::testing::WithParamInterface<
 
 TEST_P(GlobalPagesTest, Cr3WriteKeepsGlobalTranslationsUntilInvlpg) {
   const bool pge = GetParam();
-  if (pge) {
-    state_.cr4 |= uint64_t{1} << 7;
-    interp_->SyncPagingRegisters();
-  }
-  CHECK(tables_.Map(kData, kData, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
-  Poke64(kData, 0xaaaa);
-  Poke64(kData2, 0xbbbb);
+  MapGlobalData(pge);
   Code({0x48, 0x8b, 0x07,   // mov rax, [rdi]
         0x0f, 0x20, 0xdb,   // mov rbx, cr3
         0x0f, 0x22, 0xdb,   // mov cr3, rbx
@@ -675,10 +686,8 @@ TEST_P(GlobalPagesTest, Cr3WriteKeepsGlobalTranslationsUntilInvlpg) {
         0x0f, 0x01, 0x3f,   // invlpg [rdi]
         0x48, 0x8b, 0x17,   // mov rdx, [rdi]
         0xf4});             // hlt
-  state_.gpr[kRdi] = kData;
   ASSERT_EQ(interp_->Run(1).reason, StopReason::kBudget);  // the first load fills the TLB
-  // Point kData's page at kData2's frame behind the CPU's back (no INVLPG).
-  CHECK(tables_.Map(kData, kData2, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
+  RemapGlobalData();
   RunToHalt();
   EXPECT_EQ(state_.gpr[kRax], 0xaaaau);
   EXPECT_EQ(state_.gpr[kRcx], pge ? 0xaaaau : 0xbbbbu)
@@ -693,11 +702,7 @@ INSTANTIATE_TEST_SUITE_P(Pge, GlobalPagesTest, ::testing::Bool(),
                          });
 
 TEST_F(SystemTest, TogglingPgeDropsGlobalTranslations) {
-  state_.cr4 |= uint64_t{1} << 7;
-  interp_->SyncPagingRegisters();
-  CHECK(tables_.Map(kData, kData, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
-  Poke64(kData, 0xaaaa);
-  Poke64(kData2, 0xbbbb);
+  MapGlobalData(/*pge=*/true);
   Code({0x48, 0x8b, 0x07,                     // mov rax, [rdi]
         0x0f, 0x20, 0xe3,                     // mov rbx, cr4
         0x48, 0x81, 0xf3, 0x80, 0, 0, 0,      // xor rbx, 0x80
@@ -708,9 +713,8 @@ TEST_F(SystemTest, TogglingPgeDropsGlobalTranslations) {
         0x0f, 0x22, 0xd8,                     // mov cr3, rax
         0x48, 0x8b, 0x0f,                     // mov rcx, [rdi]
         0xf4});                               // hlt
-  state_.gpr[kRdi] = kData;
   ASSERT_EQ(interp_->Run(1).reason, StopReason::kBudget);
-  CHECK(tables_.Map(kData, kData2, mmu::PageSize::k4K, kRw | mmu::pte::kGlobal));
+  RemapGlobalData();
   RunToHalt();
   EXPECT_EQ(state_.gpr[kRcx], 0xbbbbu) << "the PGE toggle flushed the global translation";
   EXPECT_EQ(tlb_.counters().Get(mmu::SoftTlbCounters::kGlobalRefill), 0u);
