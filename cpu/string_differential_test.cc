@@ -1,10 +1,12 @@
-// Differential tests of REP MOVS/STOS against the host CPU: the same string
-// instruction, operands, direction and memory contents run natively on a host
-// buffer and in the interpreter on guest memory laid out at the same page
-// offsets. Memory, rSI, rDI and rCX must match. The interpreter does forward
-// 64-bit REP STOS/MOVS a page at a time on soft TLB hits (Interpreter::
-// RepRunInPage); these cases cross pages, overlap in both directions and run
-// backwards, where it must fall back to the element loop.
+// Differential tests of the string instructions against the host CPU: the
+// same instruction (MOVS, STOS, LODS with REP; CMPS, SCAS with REPE or
+// REPNE), operand size, operands, direction, flags and memory contents run
+// natively on a host buffer and in the interpreter on guest memory laid out
+// at the same page offsets. Memory, rSI, rDI, rCX, rAX and (for CMPS/SCAS)
+// the arithmetic flags must match. The interpreter does forward 64-bit REP
+// STOS/MOVS a page at a time on soft TLB hits (Interpreter::RepRunInPage);
+// these cases cross pages, overlap in both directions and run backwards,
+// where it must fall back to the element loop.
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -21,18 +23,46 @@ using namespace cpu::testing;
 constexpr uint64_t kRegion = kData;  // three pages of guest RAM
 constexpr size_t kRegionBytes = 3 * 4096;
 
+enum class StrOp { kMovs, kStos, kLods, kCmps, kScas };
+constexpr StrOp kOps[] = {StrOp::kMovs, StrOp::kStos, StrOp::kLods, StrOp::kCmps, StrOp::kScas};
+const char* Name(StrOp op) {
+  switch (op) {
+    case StrOp::kMovs: return "movs";
+    case StrOp::kStos: return "stos";
+    case StrOp::kLods: return "lods";
+    case StrOp::kCmps: return "cmps";
+    default: return "scas";
+  }
+}
+bool Compares(StrOp op) { return op == StrOp::kCmps || op == StrOp::kScas; }
+// CF, PF, AF, ZF, SF, OF: what CMPS and SCAS define.
+constexpr uint64_t kArithFlags = 0x8d5;
+
 struct Case {
-  bool movs = false;
+  StrOp op = StrOp::kMovs;
+  bool repne = false;  // CMPS/SCAS: REPNE instead of REPE
   unsigned size = 1;
   bool backward = false;
   uint64_t count = 0;
   uint64_t src = 0, dst = 0;  // offsets in the region
-  uint64_t value = 0;
+  uint64_t value = 0;          // rAX
+  uint64_t flags = 0;          // RFLAGS before (arithmetic flags only)
 };
 
 struct Regs {
-  uint64_t rsi, rdi, rcx;
+  uint64_t rsi, rdi, rcx, rax, flags;
 };
+
+// One native string instruction: `kAsm` with rSI, rDI, rCX, rAX and RFLAGS
+// loaded from and stored back to the arguments. The stack pointer first
+// steps over the red zone (the pushes must not overwrite the compiler's
+// locals there), and DF is cleared afterwards, as the ABI requires.
+#define NATIVE_STRING(kAsm)                                                                   \
+  asm volatile("lea -128(%%rsp), %%rsp\n\tpushq %[f]\n\tpopfq\n\t" kAsm                      \
+               "\n\tpushfq\n\tpopq %[f]\n\tcld\n\tlea 128(%%rsp), %%rsp"                      \
+               : "+S"(s), "+D"(d), "+c"(n), "+a"(a), [f] "+r"(f)                              \
+               :                                                                              \
+               : "memory", "cc")
 
 // Runs `c` natively on `buf` (4 KiB-aligned, kRegionBytes long).
 template <unsigned kSize>
@@ -40,21 +70,55 @@ Regs NativeRep(const Case& c, uint8_t* buf) {
   uint8_t* s = buf + c.src;
   uint8_t* d = buf + c.dst;
   uint64_t n = c.count;
-  const uint64_t v = c.value;
-  if (c.backward) asm volatile("std" ::: "cc");
-  if (c.movs) {
-    if constexpr (kSize == 1) asm volatile("rep movsb" : "+S"(s), "+D"(d), "+c"(n) : : "memory");
-    if constexpr (kSize == 2) asm volatile("rep movsw" : "+S"(s), "+D"(d), "+c"(n) : : "memory");
-    if constexpr (kSize == 4) asm volatile("rep movsl" : "+S"(s), "+D"(d), "+c"(n) : : "memory");
-    if constexpr (kSize == 8) asm volatile("rep movsq" : "+S"(s), "+D"(d), "+c"(n) : : "memory");
-  } else {
-    if constexpr (kSize == 1) asm volatile("rep stosb" : "+D"(d), "+c"(n) : "a"(v) : "memory");
-    if constexpr (kSize == 2) asm volatile("rep stosw" : "+D"(d), "+c"(n) : "a"(v) : "memory");
-    if constexpr (kSize == 4) asm volatile("rep stosl" : "+D"(d), "+c"(n) : "a"(v) : "memory");
-    if constexpr (kSize == 8) asm volatile("rep stosq" : "+D"(d), "+c"(n) : "a"(v) : "memory");
+  uint64_t a = c.value;
+  uint64_t f = c.flags | (c.backward ? uint64_t{0x400} : 0) | 2;  // DF, and the reserved bit
+  switch (c.op) {
+    case StrOp::kMovs:
+      if constexpr (kSize == 1) NATIVE_STRING("rep movsb");
+      if constexpr (kSize == 2) NATIVE_STRING("rep movsw");
+      if constexpr (kSize == 4) NATIVE_STRING("rep movsl");
+      if constexpr (kSize == 8) NATIVE_STRING("rep movsq");
+      break;
+    case StrOp::kStos:
+      if constexpr (kSize == 1) NATIVE_STRING("rep stosb");
+      if constexpr (kSize == 2) NATIVE_STRING("rep stosw");
+      if constexpr (kSize == 4) NATIVE_STRING("rep stosl");
+      if constexpr (kSize == 8) NATIVE_STRING("rep stosq");
+      break;
+    case StrOp::kLods:
+      if constexpr (kSize == 1) NATIVE_STRING("rep lodsb");
+      if constexpr (kSize == 2) NATIVE_STRING("rep lodsw");
+      if constexpr (kSize == 4) NATIVE_STRING("rep lodsl");
+      if constexpr (kSize == 8) NATIVE_STRING("rep lodsq");
+      break;
+    case StrOp::kCmps:
+      if (c.repne) {
+        if constexpr (kSize == 1) NATIVE_STRING("repne cmpsb");
+        if constexpr (kSize == 2) NATIVE_STRING("repne cmpsw");
+        if constexpr (kSize == 4) NATIVE_STRING("repne cmpsl");
+        if constexpr (kSize == 8) NATIVE_STRING("repne cmpsq");
+      } else {
+        if constexpr (kSize == 1) NATIVE_STRING("repe cmpsb");
+        if constexpr (kSize == 2) NATIVE_STRING("repe cmpsw");
+        if constexpr (kSize == 4) NATIVE_STRING("repe cmpsl");
+        if constexpr (kSize == 8) NATIVE_STRING("repe cmpsq");
+      }
+      break;
+    case StrOp::kScas:
+      if (c.repne) {
+        if constexpr (kSize == 1) NATIVE_STRING("repne scasb");
+        if constexpr (kSize == 2) NATIVE_STRING("repne scasw");
+        if constexpr (kSize == 4) NATIVE_STRING("repne scasl");
+        if constexpr (kSize == 8) NATIVE_STRING("repne scasq");
+      } else {
+        if constexpr (kSize == 1) NATIVE_STRING("repe scasb");
+        if constexpr (kSize == 2) NATIVE_STRING("repe scasw");
+        if constexpr (kSize == 4) NATIVE_STRING("repe scasl");
+        if constexpr (kSize == 8) NATIVE_STRING("repe scasq");
+      }
+      break;
   }
-  if (c.backward) asm volatile("cld" ::: "cc");
-  return {static_cast<uint64_t>(s - buf), static_cast<uint64_t>(d - buf), n};
+  return {static_cast<uint64_t>(s - buf), static_cast<uint64_t>(d - buf), n, a, f & kArithFlags};
 }
 
 Regs Native(const Case& c, uint8_t* buf) {
@@ -66,26 +130,37 @@ Regs Native(const Case& c, uint8_t* buf) {
   }
 }
 
-// Where the interpreter's copy of each (op, size) instruction sits: one
-// "rep op; hlt" per 16 bytes, loaded once (rewriting one code address between
-// cases would be a host write behind the decode cache).
-uint64_t CodeAt(bool movs, unsigned size) {
+// Where the interpreter's copy of each (op, prefix, size) instruction sits:
+// one "rep op; hlt" per 16 bytes, loaded once (rewriting one code address
+// between cases would be a host write behind the decode cache).
+uint64_t CodeAt(StrOp op, bool repne, unsigned size) {
   const unsigned size_index = size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3;
-  return kCode + 16 * ((movs ? 4 : 0) + size_index);
+  return kCode + 16 * ((static_cast<unsigned>(op) * 2 + (repne ? 1 : 0)) * 4 + size_index);
+}
+uint8_t Opcode(StrOp op) {  // the byte form; +1 for the larger sizes
+  switch (op) {
+    case StrOp::kMovs: return 0xa4;
+    case StrOp::kStos: return 0xaa;
+    case StrOp::kLods: return 0xac;
+    case StrOp::kCmps: return 0xa6;
+    default: return 0xae;
+  }
 }
 
 class StringDifferentialTest : public InterpreterTest {
  protected:
   void LoadStringCode() {
-    for (bool movs : {false, true}) {
-      for (unsigned size : {1u, 2u, 4u, 8u}) {
-        std::vector<uint8_t> code;
-        if (size == 2) code.push_back(0x66);
-        code.push_back(0xf3);
-        if (size == 8) code.push_back(0x48);
-        code.push_back(static_cast<uint8_t>((movs ? 0xa4 : 0xaa) + (size == 1 ? 0 : 1)));
-        code.push_back(0xf4);  // hlt
-        Poke(CodeAt(movs, size), code.data(), code.size());
+    for (StrOp op : kOps) {
+      for (bool repne : {false, true}) {
+        for (unsigned size : {1u, 2u, 4u, 8u}) {
+          std::vector<uint8_t> code;
+          if (size == 2) code.push_back(0x66);
+          code.push_back(repne ? 0xf2 : 0xf3);
+          if (size == 8) code.push_back(0x48);
+          code.push_back(static_cast<uint8_t>(Opcode(op) + (size == 1 ? 0 : 1)));
+          code.push_back(0xf4);  // hlt
+          Poke(CodeAt(op, repne, size), code.data(), code.size());
+        }
       }
     }
   }
@@ -93,7 +168,12 @@ class StringDifferentialTest : public InterpreterTest {
   // A random case whose every access stays inside the region.
   Case RandomCase(std::mt19937_64& rng) {
     Case c;
-    c.movs = rng() % 2;
+    // Mostly MOVS and STOS (the page-at-once path), all five throughout.
+    const StrOp weighted[] = {StrOp::kMovs, StrOp::kMovs, StrOp::kStos, StrOp::kStos,
+                              StrOp::kLods, StrOp::kCmps, StrOp::kScas};
+    c.op = weighted[rng() % 7];
+    c.repne = Compares(c.op) && rng() % 2;
+    c.flags = rng() & kArithFlags;
     const unsigned sizes[] = {1, 2, 4, 8};
     c.size = sizes[rng() % 4];
     c.backward = rng() % 4 == 0;
@@ -119,44 +199,51 @@ class StringDifferentialTest : public InterpreterTest {
       c.src = c.dst;
     }
     c.value = rng();
+    if (Compares(c.op) && rng() % 2) {
+      // Long equal runs, so REPE goes far: the compared data repeat.
+      c.value = 0;
+    }
     return c;
   }
 };
 
-TEST_F(StringDifferentialTest, RepMovsAndStosMatchTheHostCpu) {
+TEST_F(StringDifferentialTest, StringInstructionsMatchTheHostCpu) {
   LoadStringCode();
   alignas(4096) static uint8_t host[kRegionBytes];
   std::mt19937_64 rng(20261206);
-  for (int i = 0; i < 600; ++i) {
+  int ran[5] = {};
+  for (int i = 0; i < 1000; ++i) {
     const Case c = RandomCase(rng);
-    SCOPED_TRACE(::testing::Message() << "case " << i << (c.movs ? " movs" : " stos") << c.size
-                                    << (c.backward ? " backward" : " forward") << " count " << c.count
-                                    << " src " << c.src << " dst " << c.dst);
-    for (size_t b = 0; b < kRegionBytes; ++b) host[b] = static_cast<uint8_t>(rng());
+    SCOPED_TRACE(::testing::Message() << "case " << i << " " << (c.repne ? "repne " : "") << Name(c.op)
+                                    << c.size << (c.backward ? " backward" : " forward") << " count "
+                                    << c.count << " src " << c.src << " dst " << c.dst);
+    if (Compares(c.op) && c.value == 0) {
+      // Mostly zeros with a few random bytes: runs of equal elements.
+      for (size_t b = 0; b < kRegionBytes; ++b) host[b] = rng() % 64 == 0 ? static_cast<uint8_t>(rng()) : 0;
+    } else {
+      for (size_t b = 0; b < kRegionBytes; ++b) host[b] = static_cast<uint8_t>(rng());
+    }
     Poke(kRegion, host, kRegionBytes);
     const Regs want = Native(c, host);
 
-    state_.rip = CodeAt(c.movs, c.size);
+    state_.rip = CodeAt(c.op, c.repne, c.size);
     state_.gpr[kRsi] = kRegion + c.src;
     state_.gpr[kRdi] = kRegion + c.dst;
     state_.gpr[kRcx] = c.count;
     state_.gpr[kRax] = c.value;
-    if (c.backward) {
-      state_.rflags_other |= kFlagDf;
-    } else {
-      state_.rflags_other &= ~kFlagDf;
-    }
+    state_.SetRflags(c.flags | (c.backward ? kFlagDf : 0));
     RunToHalt();
     std::vector<uint8_t> got(kRegionBytes);
     Peek(kRegion, got.data(), got.size());
     ASSERT_EQ(std::memcmp(got.data(), host, kRegionBytes), 0);
-    if (c.movs) {
-      EXPECT_EQ(state_.gpr[kRsi], kRegion + want.rsi);
-    }
+    EXPECT_EQ(state_.gpr[kRsi], kRegion + want.rsi);
     EXPECT_EQ(state_.gpr[kRdi], kRegion + want.rdi);
     EXPECT_EQ(state_.gpr[kRcx], want.rcx);
-    EXPECT_EQ(state_.gpr[kRax], c.value);
+    EXPECT_EQ(state_.gpr[kRax], want.rax);
+    EXPECT_EQ(state_.Rflags() & kArithFlags, want.flags);
+    ++ran[static_cast<size_t>(c.op)];
   }
+  for (StrOp op : kOps) EXPECT_GT(ran[static_cast<size_t>(op)], 40) << Name(op);
   // The page-at-once path ran (and was checked above).
   EXPECT_GT(Counter("rep_page_runs"), 100u);
 }
