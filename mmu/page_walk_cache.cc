@@ -56,26 +56,25 @@ void PageWalkCache::Insert(uint64_t tag, uint64_t va, int level, uint64_t next_t
   const size_t n = l.keys.size();
   if (n == 0) return;  // this level's cache is disabled
   const uint64_t key = KeyOf(va, level);
-  size_t victim = n;
+  // One pass for the three choices, in order of preference: the entry that
+  // already holds this key and tag, the first empty one, the least recently
+  // used one (the first of equals).
+  size_t match = n, empty = n, lru = 0;
   for (size_t i = 0; i < n; ++i) {
-    if (l.keys[i].key == key && l.keys[i].tag == tag) {
-      victim = i;
+    const KeyTag& kt = l.keys[i];
+    if (kt.key == key && kt.tag == tag) {
+      match = i;
       break;
     }
-  }
-  if (victim == n) {
-    for (size_t i = 0; i < n; ++i) {
-      if (l.keys[i].key == kInvalidKey) {
-        victim = i;
-        break;
-      }
+    if (kt.key == kInvalidKey) {
+      if (empty == n) empty = i;
+    } else if (empty == n && l.payloads[i].last_use < l.payloads[lru].last_use) {
+      lru = i;
     }
   }
+  size_t victim = match != n ? match : empty;
   if (victim == n) {
-    victim = 0;
-    for (size_t i = 1; i < n; ++i) {
-      if (l.payloads[i].last_use < l.payloads[victim].last_use) victim = i;
-    }
+    victim = lru;
     counters_.Inc(PwcCounters::kEvict);
   }
   counters_.Inc(PwcCounters::kInsert);

@@ -203,28 +203,25 @@ void TlbModel::Insert(const TlbTag& tag, uint64_t va, const TlbTranslation& tran
   const uint64_t key = KeyOf(size, vpn);
   const size_t begin = SetBegin(*array, size, va);
   const size_t end = begin + array->config.num_ways;
-  size_t victim = kNotFound;
+  // One pass for the three choices, in order of preference: the same page
+  // with the same exact tag (refreshed in place, e.g. a clean entry replaced
+  // by a dirty one after the walk set D), the first invalid way, the least
+  // recently used way (the first of equals).
+  size_t match = kNotFound, invalid = kNotFound, lru = begin;
   for (size_t i = begin; i < end; ++i) {
-    // Same page, same exact tag: refresh in place (e.g. a clean entry being
-    // replaced by a dirty one after the walk set D).
     if (keys_[i] == key && entries_[i].tag == tag) {
-      victim = i;
+      match = i;
       break;
     }
-  }
-  if (victim == kNotFound) {
-    for (size_t i = begin; i < end; ++i) {
-      if (keys_[i] == 0) {
-        victim = i;
-        break;
-      }
+    if (keys_[i] == 0) {
+      if (invalid == kNotFound) invalid = i;
+    } else if (invalid == kNotFound && stamps_[i] < stamps_[lru]) {
+      lru = i;
     }
   }
+  size_t victim = match != kNotFound ? match : invalid;
   if (victim == kNotFound) {
-    victim = begin;
-    for (size_t i = begin + 1; i < end; ++i) {
-      if (stamps_[i] < stamps_[victim]) victim = i;
-    }
+    victim = lru;
     counters_.Inc(TlbModelCounters::kEvict);
     if (evicted != nullptr) *evicted = entries_[victim];
   }
