@@ -5,6 +5,7 @@
 #include "vmm-host/ram_fault_handler.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -44,7 +45,21 @@ class RamFaultHandlerTest : public ::testing::Test {
   }
   void Write(uint64_t gfn, uint64_t v) { std::memcpy(Page(gfn) + 8, &v, sizeof(v)); }
   GfnState State(uint64_t gfn) { return table_->Lookup(Gfn(gfn)).state(); }
-  uint64_t Count(RamFaultCounters::Id id) { return handler_->counters().Get(id); }
+  // The handler's counters once it has accounted for every fault it took.
+  // The UFFDIO_ZEROPAGE (or WAKE) that lets a faulting access go on comes
+  // before the handler thread counts its outcome, so a count read right
+  // after the access may lag by one.
+  uint64_t Count(RamFaultCounters::Id id) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    auto settled = [&] {
+      const RamFaultCounters& c = handler_->counters();
+      return c.Get(RamFaultCounters::kFaults) == c.Get(RamFaultCounters::kZeroFills) +
+                                                     c.Get(RamFaultCounters::kWakes) +
+                                                     c.Get(RamFaultCounters::kErrors);
+    };
+    while (!settled() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+    return handler_->counters().Get(id);
+  }
   uint64_t Resident() {
     auto n = pool_->ResidentFrames(table_->home_extent().first, table_->num_frames());
     CHECK_OK(n.status());
