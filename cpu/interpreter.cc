@@ -75,7 +75,6 @@ void Interpreter::FlushDecodeCache() noexcept {
     ++info.generation;
     info.has_code = false;
   }
-  std::fill(std::begin(code_filter_), std::end(code_filter_), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -185,7 +184,7 @@ mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
       *host_page = out.host_page;
       *gpa = out.gpa;
       // The SMC rule: a page with decoded code never gets a writable TLB entry.
-      if (out.filled && out.perms.write && MayHoldCode(reinterpret_cast<uintptr_t>(out.host_page))) {
+      if (out.filled && out.perms.write) {
         auto it = pages_.find(reinterpret_cast<uintptr_t>(out.host_page));
         if (it != pages_.end() && it->second.has_code) vcpu_.tlb->DropWrite(out.mmu_idx, gva);
       }
@@ -202,7 +201,6 @@ mmu::TranslateResult Interpreter::TranslateAccess(uint64_t gva, Access access,
 }
 
 void Interpreter::NoteCodeWrite(uint8_t* host_page) noexcept {
-  if (!MayHoldCode(reinterpret_cast<uintptr_t>(host_page))) return;
   auto it = pages_.find(reinterpret_cast<uintptr_t>(host_page));
   if (it == pages_.end() || !it->second.has_code) return;
   counters_.Inc(InterpreterCounters::kSmcInvalidations);
@@ -319,8 +317,6 @@ Interpreter::Block* Interpreter::DecodeInto(Block& b, uintptr_t key) noexcept {
   PageInfo& page = pages_[page_key];  // allocates only for a new code page
   if (!page.has_code) {
     page.has_code = true;
-    const uint32_t bit = CodeFilterBit(page_key);
-    code_filter_[bit / 64] |= uint64_t{1} << (bit % 64);
     // Every writable TLB entry for this page must go (see the header): flush
     // all, O(1). Later fills of the page are made read-only by TranslateAccess.
     vcpu_.tlb->FlushAll();
@@ -1163,12 +1159,12 @@ uint64_t Interpreter::RepRunInPage(Op op, uint64_t seg_base) noexcept {
   const uint64_t count = state_.gpr[kRegRcx];
   const uint64_t rdi = state_.gpr[7];
   const uint64_t to_page_end = base::kPageSize - (rdi & base::kPageMask);
+  const uint64_t src = seg_base + state_.gpr[6];  // MOVS only
   uint64_t n = std::min(count, to_page_end / kSize);
+  if (op == Op::kMovs) n = std::min(n, (base::kPageSize - (src & base::kPageMask)) / kSize);
+  if (n < 2) return 0;
+  const uint64_t bytes = n * kSize;
   if (op == Op::kMovs) {
-    const uint64_t src = seg_base + state_.gpr[6];
-    n = std::min(n, (base::kPageSize - (src & base::kPageMask)) / kSize);
-    if (n < 2) return 0;
-    const uint64_t bytes = n * kSize;
     const uint8_t* s = tlb_->Lookup<mmu::Access::kRead>(MmuIndex(), src, static_cast<uint32_t>(bytes));
     uint8_t* d = tlb_->Lookup<mmu::Access::kWrite>(MmuIndex(), rdi, static_cast<uint32_t>(bytes));
     if (s == nullptr || d == nullptr) return 0;
@@ -1180,8 +1176,6 @@ uint64_t Interpreter::RepRunInPage(Op op, uint64_t seg_base) noexcept {
     }
     state_.gpr[6] += bytes;
   } else {
-    if (n < 2) return 0;
-    const uint64_t bytes = n * kSize;
     uint8_t* d = tlb_->Lookup<mmu::Access::kWrite>(MmuIndex(), rdi, static_cast<uint32_t>(bytes));
     if (d == nullptr) return 0;
     const uint64_t v = state_.gpr[kRegRax];
@@ -1191,7 +1185,7 @@ uint64_t Interpreter::RepRunInPage(Op op, uint64_t seg_base) noexcept {
       for (uint64_t i = 0; i < n; ++i) StoreHost(d + i * kSize, kSize, v);
     }
   }
-  state_.gpr[7] += n * kSize;
+  state_.gpr[7] += bytes;
   state_.gpr[kRegRcx] = count - n;
   counters_.Inc(InterpreterCounters::kRepPageRuns);
   return n;

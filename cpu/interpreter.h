@@ -566,19 +566,6 @@ class Interpreter {
   unsigned return_top_ = 0;
   // Code pages by host address; node-based: blocks keep PageInfo pointers.
   absl::node_hash_map<uintptr_t, PageInfo> pages_;
-  // A filter in front of pages_ for the write miss path, which asks "does
-  // this page hold code?" on every slow store: one bit per host page number
-  // modulo kCodeFilterBits, set when a page gets code, cleared only with the
-  // whole decode cache. A clear bit means no code; a set one means look.
-  static constexpr uint32_t kCodeFilterBits = 1u << 16;
-  uint64_t code_filter_[kCodeFilterBits / 64] = {};
-  static uint32_t CodeFilterBit(uintptr_t host_page) noexcept {
-    return static_cast<uint32_t>(host_page >> base::kPageShift) & (kCodeFilterBits - 1);
-  }
-  bool MayHoldCode(uintptr_t host_page) const noexcept {
-    const uint32_t bit = CodeFilterBit(host_page);
-    return (code_filter_[bit / 64] >> (bit % 64)) & 1;
-  }
   uint64_t seen_flush_generation_ = 0;
   uint32_t unimplemented_logged_ = 0;
   uint64_t local_block_hits_ = 0;  // folded into counters_ at the end of Run
